@@ -1,0 +1,105 @@
+"""The result of an estimate: value, error bars, cost, diagnostics and provenance — never a bare float."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ConfidenceInterval(BaseModel):
+    """A two-sided interval at ``level`` computed by ``method`` (e.g. ``clopper-pearson``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    low: float
+    high: float
+    level: float
+    method: str
+
+
+class TracePoint(BaseModel):
+    """The running estimate after one runner step."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_calls: float
+    value: float | None
+    std_error: float | None
+
+
+class Provenance(BaseModel):
+    """What produced an estimate, so it can be reproduced."""
+
+    estimator: str
+    plugin: str = ""
+    plugin_version: str = ""
+    lowprob_version: str = ""
+    torch_version: str = ""
+    seed: int
+    model: str
+    distribution: str = ""
+    distribution_hash: str
+    target: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    budget: dict[str, Any] = Field(default_factory=dict)
+    started_at: str = ""
+
+
+class Estimate(BaseModel):
+    """An estimate of ``Pr_{x~D}[M(x) hits the target]``.
+
+    ``value`` is the point estimate. With zero hits it is 0 and ``upper_bound`` (the upper end of the
+    confidence interval) is what to report; ``str()`` prints it as an upper bound. ``log10_value`` is ``None``
+    when ``value`` is 0.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    log10_value: float | None
+    std_error: float | None
+    ci: ConfidenceInterval | None
+    hits: int
+    samples: int
+    forward_passes: int
+    backward_passes: int
+    model_calls: float
+    seconds: float
+    model_seconds: float
+    stop_reason: str
+    unbiased: bool
+    diagnostics: dict[str, Any] = Field(default_factory=dict)
+    trace: list[TracePoint] = Field(default_factory=list)
+    provenance: Provenance
+
+    @property
+    def upper_bound(self) -> float | None:
+        """The upper confidence limit when there were no hits (what a zero estimate means), else ``None``."""
+        return self.ci.high if self.hits == 0 and self.ci is not None else None
+
+    @property
+    def relative_error(self) -> float | None:
+        if self.std_error is None or self.value <= 0:
+            return None
+        return self.std_error / self.value
+
+    def summary(self) -> str:
+        """One human-readable line: estimate or bound, interval, hits and cost."""
+        level = f"{self.ci.level:.0%}" if self.ci else ""
+        if self.hits == 0 and self.ci is not None:
+            head = f"p < {self.ci.high:.3e} ({level} upper bound; 0 hits in {self.samples} samples)"
+        else:
+            head = f"p ≈ {self.value:.3e}"
+            if self.ci is not None:
+                head += f"  {level} CI [{self.ci.low:.3e}, {self.ci.high:.3e}]"
+            if self.std_error is not None:
+                head += f"  ± {self.std_error:.2e} (s.e.)"
+            head += f"  hits {self.hits}/{self.samples}"
+        return (f"{head}  cost {self.forward_passes} fwd + {self.backward_passes} bwd passes, "
+                f"{self.seconds:.2f} s")
+
+    @staticmethod
+    def log10(value: float) -> float | None:
+        return math.log10(value) if value > 0 else None

@@ -1,0 +1,146 @@
+"""The estimator protocol: ``init`` / ``step`` / ``result`` with explicit state, as in blackjax.
+
+The runner (:func:`lowprob.core.runner.run_estimator`) owns the loop, the budget and the progress bar; an
+estimator only says how to start, how to take one step within the allowance it is given, and how to turn its
+state into a result. Options are a nested pydantic model that rejects unknown keys.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lowprob.core.distribution import InputDistribution
+from lowprob.core.errors import LowprobError
+from lowprob.core.estimate import ConfidenceInterval
+from lowprob.core.meter import MeteredModel
+from lowprob.core.target import Target
+
+
+class EstimatorOptions(BaseModel):
+    """Base of every estimator's ``Options``: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an estimator promises and needs.
+
+    ``unbiased``: E[value] equals the true probability. ``consistent``: converges as the budget grows.
+    ``has_error_bars``: reports a standard error / interval. ``needs_gradients``: uses backward passes.
+    ``needs_factorized``: requires independent positions (``InputDistribution.is_factorized``).
+    """
+
+    unbiased: bool
+    has_error_bars: bool
+    needs_gradients: bool = False
+    needs_factorized: bool = False
+    consistent: bool = True
+
+
+@dataclass
+class Problem:
+    """What to estimate: a metered model, an input distribution and a target event."""
+
+    model: MeteredModel
+    distribution: InputDistribution
+    target: Target
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the runner tells one step: how many model calls it may still spend and what a backward costs."""
+
+    allowance: float
+    backward_weight: float
+
+    def affordable(self, per_sample_calls: float, wanted: int) -> int:
+        """How many samples of ``per_sample_calls`` each fit in the allowance, at most ``wanted``."""
+        if math.isinf(self.allowance):
+            return wanted
+        return max(0, min(wanted, int(self.allowance // per_sample_calls)))
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Per-step report: the running estimate (if any), samples used so far, and whether the work is done."""
+
+    value: float | None = None
+    std_error: float | None = None
+    samples: int = 0
+    done: bool = False
+
+
+@dataclass
+class EstimatorOutput:
+    """What ``result`` returns; the runner adds cost, trace and provenance to make an :class:`Estimate`."""
+
+    value: float
+    std_error: float | None
+    ci: ConfidenceInterval | None
+    hits: int
+    samples: int
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+S = TypeVar("S")
+
+
+class Estimator(ABC, Generic[S]):
+    """Base class for estimators. Subclasses set ``name``, ``Options``, ``capabilities`` and the three methods.
+
+    ``min_step_calls`` is the smallest number of model calls one step can usefully spend; a budget below it
+    is rejected before the run starts.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[EstimatorOptions]] = EstimatorOptions
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, options: EstimatorOptions | Mapping[str, Any] | None = None) -> None:
+        self.options = self.parse_options(options)
+
+    @classmethod
+    def parse_options(cls, options: EstimatorOptions | Mapping[str, Any] | None) -> Any:
+        """Validate ``options`` against ``Options``; errors name the estimator and every bad key."""
+        if isinstance(options, cls.Options):
+            return options
+        try:
+            return cls.Options(**dict(options or {}))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
+            known = ", ".join(cls.Options.model_fields) or "(none)"
+            raise LowprobError(
+                f"invalid options for estimator {cls.name!r}: {problems} (known options: {known})") from None
+
+    def min_step_calls(self, backward_weight: float) -> float:
+        """Model calls needed for the smallest useful step (one forward pass by default)."""
+        return 1.0 + (backward_weight if self.capabilities.needs_gradients else 0.0)
+
+    def check_problem(self, problem: Problem) -> None:
+        """Raise a clear error when this estimator cannot handle ``problem``."""
+        if self.capabilities.needs_factorized and not problem.distribution.is_factorized:
+            raise LowprobError(
+                f"estimator {self.name!r} needs independent positions, but the distribution has weighted "
+                "alternatives between sub-sequences")
+
+    @abstractmethod
+    def init(self, problem: Problem, generator: torch.Generator) -> S:
+        """Fresh state for ``problem``."""
+
+    @abstractmethod
+    def step(self, state: S, problem: Problem, generator: torch.Generator,
+             context: StepContext) -> tuple[S, StepInfo]:
+        """One unit of work that spends at most ``context.allowance`` model calls."""
+
+    @abstractmethod
+    def result(self, state: S, problem: Problem, level: float) -> EstimatorOutput:
+        """The estimate so far, with an interval at confidence ``level``."""

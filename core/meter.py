@@ -1,0 +1,90 @@
+"""The metered model: the one place compute is counted, so budgets are comparable across estimators."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lowprob.core.model import ModelAdapter
+from lowprob.core.target import Target
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Compute spent: sequence passes through the model and seconds inside it."""
+
+    forward_passes: int = 0
+    backward_passes: int = 0
+    model_seconds: float = 0.0
+
+    def model_calls(self, backward_weight: float) -> float:
+        """Forward passes plus ``backward_weight`` times the backward passes."""
+        return self.forward_passes + backward_weight * self.backward_passes
+
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.forward_passes - other.forward_passes, self.backward_passes - other.backward_passes,
+                    self.model_seconds - other.model_seconds)
+
+
+class MeteredModel:
+    """A :class:`ModelAdapter` that counts every sequence it runs forward and every one it back-propagates.
+
+    One sequence through the model is one forward pass, whatever its length; a gradient computation is one
+    forward and one backward pass per sequence.
+    """
+
+    def __init__(self, adapter: ModelAdapter) -> None:
+        self.adapter = adapter
+        self._forward = 0
+        self._backward = 0
+        self._seconds = 0.0
+
+    @property
+    def cost(self) -> Cost:
+        return Cost(self._forward, self._backward, self._seconds)
+
+    @property
+    def vocab(self):  # type: ignore[no-untyped-def]
+        return self.adapter.vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return self.adapter.n_ctx
+
+    @property
+    def d_vocab(self) -> int:
+        return self.adapter.d_vocab
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    @property
+    def W_U(self) -> torch.Tensor:  # noqa: N802
+        return self.adapter.W_U
+
+    def _count(self, n: int, backward: bool, started: float) -> None:
+        self._forward += n
+        if backward:
+            self._backward += n
+        self._seconds += time.perf_counter() - started
+
+    def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.adapter.last_logits(tokens)
+        self._count(tokens.shape[0], False, t0)
+        return out
+
+    def last_activations(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        out = self.adapter.last_activations(tokens)
+        self._count(tokens.shape[0], False, t0)
+        return out
+
+    def target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        out = self.adapter.target_gradients(tokens, target)
+        self._count(tokens.shape[0], True, t0)
+        return out

@@ -1,0 +1,119 @@
+"""ModelAdapter: exactly what estimators need from a TransformerLens model, and nothing they must re-implement.
+
+Estimators never touch the model directly; they go through a :class:`~lowprob.core.meter.MeteredModel` that
+wraps this adapter and counts every sequence pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lowprob.core.errors import LowprobError
+from lowprob.core.target import Target
+from lowprob.core.vocabulary import Vocabulary
+
+EMBED_HOOK = "hook_embed"
+PRE_UNEMBED_HOOK = "ln_final.hook_out"
+
+
+class ModelAdapter:
+    """Wraps a TransformerLens 4 model (a ``TransformerBridge``) and its vocabulary.
+
+    ``chunk_size`` bounds how many sequences go through the model at once (memory, not semantics).
+    """
+
+    def __init__(self, model: Any, vocab: Vocabulary, name: str, chunk_size: int = 1024,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.vocab = vocab
+        self.name = name
+        self.chunk_size = chunk_size
+        self.device = torch.device(device)
+        cfg = model.cfg
+        self.n_ctx: int = int(cfg.n_ctx)
+        self.d_vocab: int = int(cfg.d_vocab)
+        self.d_model: int = int(cfg.d_model)
+        if vocab.size != self.d_vocab:
+            raise LowprobError(
+                f"model {name!r} has d_vocab {self.d_vocab} but its vocabulary has {vocab.size} tokens")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+
+    @property
+    def W_E(self) -> torch.Tensor:  # noqa: N802 - TransformerLens naming
+        return self.model.W_E
+
+    @property
+    def W_U(self) -> torch.Tensor:  # noqa: N802
+        return self.model.W_U
+
+    def _check(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise LowprobError(f"expected a [batch, positions] token tensor, got shape {list(tokens.shape)}")
+        if tokens.shape[1] > self.n_ctx:
+            raise LowprobError(f"sequences of {tokens.shape[1]} tokens exceed the model's context {self.n_ctx}")
+        return tokens.to(self.device)
+
+    def _chunks(self, tokens: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> list[Any]:
+        return [fn(tokens[i:i + self.chunk_size]) for i in range(0, tokens.shape[0], self.chunk_size)]
+
+    @torch.no_grad()
+    def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits at the last position, ``[batch, d_vocab]`` float32."""
+        tokens = self._check(tokens)
+        parts = self._chunks(tokens, lambda t: self.model(t)[:, -1, :].float())
+        return torch.cat(parts) if parts else torch.empty((0, self.d_vocab))
+
+    @torch.no_grad()
+    def last_activations(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-unembed activations (after the final LayerNorm) at the last position and the logits they give.
+
+        Returns ``(activations [batch, d_model], logits [batch, d_vocab])``; ``logits == activations @ W_U``.
+        """
+        tokens = self._check(tokens)
+
+        def run(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            store: dict[str, torch.Tensor] = {}
+
+            def grab(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                store["a"] = act[:, -1, :].float()
+                return act
+
+            logits = self.model.run_with_hooks(t, fwd_hooks=[(PRE_UNEMBED_HOOK, grab)])
+            return store["a"], logits[:, -1, :].float()
+
+        parts = self._chunks(tokens, run)
+        return torch.cat([a for a, _ in parts]), torch.cat([lg for _, lg in parts])
+
+    def target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-gradient scores of the target logit.
+
+        Returns ``(logits [batch, d_vocab], G [batch, positions, d_vocab])`` where
+        ``G[b, i, v] = (d s(x_b) / d h_i) · W_E[v]`` — the gradient with respect to a one-hot choice of token
+        ``v`` at position ``i`` (positional embeddings cancel). ``s`` is the target logit; for a set target,
+        the log-sum-exp of the set's logits.
+        """
+        tokens = self._check(tokens)
+        ids = torch.tensor(target.token_ids, device=self.device)
+
+        def run(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            store: dict[str, torch.Tensor] = {}
+
+            def leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                store["e"] = act.detach().requires_grad_(True)
+                return store["e"]
+
+            with torch.enable_grad():
+                logits = self.model.run_with_hooks(t, fwd_hooks=[(EMBED_HOOK, leaf)])[:, -1, :].float()
+                score = torch.logsumexp(logits[:, ids], dim=-1) if ids.numel() > 1 else logits[:, ids[0]]
+                score.sum().backward()
+            grad = store["e"].grad
+            assert grad is not None
+            return logits.detach(), grad @ self.W_E.T.to(grad.dtype)
+
+        parts = self._chunks(tokens, run)
+        return torch.cat([lg for lg, _ in parts]), torch.cat([g for _, g in parts])

@@ -1,0 +1,48 @@
+"""Confidence intervals used by estimators; all take a confidence ``level`` such as 0.95."""
+
+from __future__ import annotations
+
+import math
+
+from scipy import stats
+
+from lowprob.core.errors import LowprobError
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise LowprobError(f"confidence level must be in (0, 1), got {level}")
+
+
+def clopper_pearson(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (conservative) binomial interval for ``hits`` successes in ``n`` trials.
+
+    With zero hits the lower end is 0 and the upper end is ``1 - (alpha/2)^(1/n)``.
+    """
+    _check_level(level)
+    if n <= 0 or not 0 <= hits <= n:
+        raise LowprobError(f"need 0 <= hits <= n and n > 0, got hits={hits}, n={n}")
+    alpha = 1 - level
+    low = 0.0 if hits == 0 else float(stats.beta.ppf(alpha / 2, hits, n - hits + 1))
+    high = 1.0 if hits == n else float(stats.beta.ppf(1 - alpha / 2, hits + 1, n - hits))
+    return low, high
+
+
+def wilson(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (not conservative; better centred than Clopper–Pearson for moderate n)."""
+    _check_level(level)
+    if n <= 0 or not 0 <= hits <= n:
+        raise LowprobError(f"need 0 <= hits <= n and n > 0, got hits={hits}, n={n}")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def normal_interval(value: float, std_error: float, level: float = 0.95) -> tuple[float, float]:
+    """``value ± z·std_error``, clipped below at 0 (probabilities are non-negative)."""
+    _check_level(level)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return max(0.0, value - z * std_error), value + z * std_error
