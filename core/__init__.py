@@ -5,7 +5,7 @@ Nothing here imports ``lowprob.dsl`` or ``lowprob.plugins``; ``tests/test_archit
 
 from lowprob.core.budget import Budget
 from lowprob.core.distribution import Block, Categorical, InputDistribution
-from lowprob.core.errors import BudgetError, LowprobError, WeightError
+from lowprob.core.errors import BudgetError, LowprobError, UnknownNameError, WeightError
 from lowprob.core.estimate import ConfidenceInterval, Estimate, Provenance, TracePoint
 from lowprob.core.estimator import (
     StepContext,
@@ -20,7 +20,8 @@ from lowprob.core.meter import Cost, MeteredModel
 from lowprob.core.model import ModelAdapter
 from lowprob.core.runner import run_estimator
 from lowprob.core.target import ArgmaxIn, ArgmaxIs, Target
-from lowprob.core.vocabulary import Vocabulary
+from lowprob.core.tokenset import ResolverArg, TokenSet, TokenSetResolver
+from lowprob.core.vocabulary import ListVocabulary, Vocabulary
 
 __all__ = [
     "ArgmaxIn",
@@ -37,6 +38,7 @@ __all__ = [
     "EstimatorOptions",
     "EstimatorOutput",
     "InputDistribution",
+    "ListVocabulary",
     "LowprobError",
     "MeteredModel",
     "ModelAdapter",
@@ -46,6 +48,10 @@ __all__ = [
     "StepInfo",
     "Target",
     "TracePoint",
+    "UnknownNameError",
+    "ResolverArg",
+    "TokenSet",
+    "TokenSetResolver",
     "Vocabulary",
     "WeightError",
     "run_estimator",
