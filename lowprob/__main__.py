@@ -1,0 +1,5 @@
+"""``python -m lowprob`` runs the command line."""
+
+from lowprob.cli import main
+
+main()

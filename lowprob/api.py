@@ -1,0 +1,122 @@
+"""The public Python API: compose a model, a distribution spec, a target, an estimator and a budget."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lowprob import __version__
+from lowprob.core.budget import Budget
+from lowprob.core.errors import LowprobError, UnknownNameError
+from lowprob.core.estimate import Estimate
+from lowprob.core.estimator import Problem
+from lowprob.core.meter import MeteredModel
+from lowprob.core.model import ModelAdapter
+from lowprob.core.runner import run_estimator
+from lowprob.dsl import CompiledSpec, load_spec
+from lowprob.plugins import Registry, load_registry
+
+CLI_TARGET = "__target"
+"""Name given to a target written as an expression (``argmax == "x"``) outside the spec."""
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """Spec text and where it came from (a file path, ``<name>`` for a registered spec, or ``<text>``)."""
+
+    text: str
+    origin: str
+    name: str
+
+
+def resolve_spec(spec: str, registry: Registry) -> SpecSource:
+    """A spec given as a file path, the name of a registered distribution, or inline DSL text."""
+    path = Path(spec)
+    if "\n" not in spec and path.suffix and path.is_file():
+        return SpecSource(path.read_text(encoding="utf-8"), str(path), path.stem)
+    known = [entry.name for entry in registry.entries("distributions")]
+    if spec in known:
+        return SpecSource(registry.distribution_spec(spec), f"<{spec}>", spec)
+    if any(word in spec for word in ("dist ", "tokens ", "target ")):
+        return SpecSource(spec, "<text>", "inline")
+    if path.suffix:
+        raise LowprobError(f"spec file {spec!r} does not exist")
+    raise UnknownNameError("distribution", spec, known)
+
+
+@dataclass(frozen=True)
+class CompiledSource:
+    """A spec compiled for one model, with each requested target mapped to its name in the spec."""
+
+    model: ModelAdapter
+    spec: CompiledSpec
+    target_names: dict[str, str]
+
+    def problem(self, distribution: str | None = None, target: str | None = None) -> Problem:
+        """A problem on a fresh meter; ``target`` as requested when compiling (or a spec target name)."""
+        name = self.target_names.get(target, target) if target is not None else None
+        return Problem(MeteredModel(self.model), self.spec.distribution(distribution), self.spec.target(name))
+
+
+def compile_source(registry: Registry, spec: SpecSource, *, model: str | None = None,
+                   targets: Sequence[str] = ()) -> CompiledSource:
+    """Load the model and compile the spec against its vocabulary, resolvers and context length.
+
+    Each of ``targets`` is a target name in the spec or an expression such as ``argmax == " the"``;
+    expressions are compiled with the spec so they can use its token sets.
+    """
+    adapter = registry.model(model or registry.default_model_name)
+    text, names = spec.text.rstrip() + "\n", {}
+    for i, target in enumerate(targets):
+        if target.lstrip().startswith("argmax"):
+            names[target] = f"{CLI_TARGET}{i}"
+            text += f"target {names[target]} = {target}\n"
+    compiled = load_spec(text, adapter.vocab, registry.token_set_resolvers(), max_length=adapter.n_ctx,
+                         filename=spec.origin)
+    return CompiledSource(adapter, compiled, names)
+
+
+def compile_problem(registry: Registry, spec: SpecSource, *, model: str | None = None,
+                    distribution: str | None = None, target: str | None = None) -> Problem:
+    """One problem: a model, the spec's distribution and a target (a spec name or an expression)."""
+    compiled = compile_source(registry, spec, model=model, targets=[target] if target else [])
+    return compiled.problem(distribution, target)
+
+
+def as_budget(budget: Budget | Mapping[str, Any] | int) -> Budget:
+    """A :class:`Budget` from a budget, a mapping of its fields, or a number of model calls."""
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, int):
+        return Budget(model_calls=budget)
+    return Budget(**budget)
+
+
+def estimate(spec: str, *, target: str | None = None, distribution: str | None = None,
+             model: str | None = None, estimator: str = "naive", options: Mapping[str, Any] | None = None,
+             budget: Budget | Mapping[str, Any] | int = 100_000, seed: int = 0, level: float = 0.95,
+             progress: bool | None = None, registry: Registry | None = None) -> Estimate:
+    """Estimate ``Pr_{x~D}[M(x) hits target]`` once.
+
+    ``spec`` is a spec file, a registered distribution name or DSL text; ``model`` defaults to the
+    registry's default model. Example::
+
+        lowprob.estimate("hex-demo", target='argmax == "ff"', budget=200_000, seed=1)
+    """
+    registry = registry or load_registry()
+    source = resolve_spec(spec, registry)
+    problem = compile_problem(registry, source, model=model, distribution=distribution, target=target)
+    return run_problem(registry, problem, estimator, options, as_budget(budget), seed, level=level,
+                       progress=progress)
+
+
+def run_problem(registry: Registry, problem: Problem, estimator: str, options: Mapping[str, Any] | None,
+                budget: Budget, seed: int, *, level: float = 0.95, progress: bool | None = None) -> Estimate:
+    """Run a registered estimator by name on a compiled problem, recording which plugin provided it."""
+    cls = registry.estimator(estimator)
+    entry = next(e for e in registry.entries("estimators") if e.name == estimator)
+    provenance = {"plugin": entry.plugin, "plugin_version": entry.version, "lowprob_version": __version__}
+    return run_estimator(cls(options), problem, budget, seed, level=level, progress=progress,
+                         provenance=provenance)

@@ -1,0 +1,322 @@
+"""The ``lowprob`` command line: estimate, run experiments, inspect specs, list plugins."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import torch
+
+from lowprob import __version__
+from lowprob.api import SpecSource, as_budget, compile_problem, compile_source, resolve_spec, run_problem
+from lowprob.core.budget import Budget
+from lowprob.core.errors import LowprobError
+from lowprob.core.estimate import Estimate
+from lowprob.core.estimator import Problem
+from lowprob.core.progress import progress_bar
+from lowprob.experiments import pending, plan, result_row, run
+from lowprob.plugins import Registry, load_registry, plugin_infos
+from lowprob.report import format_table, summary_table
+from lowprob.results import ResultsFile
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(message if ": error:" in message.split("\n", 1)[0] else f"error: {message}", err=True)
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns lowprob's own errors into one clear message and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LowprobError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted; results written so far are kept (rerun to resume)", err=True)
+            sys.exit(130)
+
+
+def _registry() -> Registry:
+    return load_registry()
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON when they parse (numbers, booleans), else as strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise LowprobError(f"option {pair!r} is not of the form key=value")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def _decoded_samples(problem: Problem, n: int, seed: int) -> list[tuple[str, float]]:
+    if n <= 0:
+        return []
+    tokens = problem.distribution.sample(n, torch.Generator().manual_seed(seed))
+    logp = problem.distribution.log_prob(tokens)
+    vocab = problem.model.vocab
+    return [(vocab.decode(row.tolist()), float(lp)) for row, lp in zip(tokens, logp, strict=True)]
+
+
+def _show_problem(problem: Problem, samples: int, seed: int) -> None:
+    dist = problem.distribution
+    click.echo(f"model        {problem.model.name} (d_vocab {problem.model.d_vocab}, n_ctx {problem.model.n_ctx})")
+    click.echo(f"distribution {dist.name or '(unnamed)'}: {dist.length} tokens, "
+               f"{'independent positions' if dist.is_factorized else 'with alternatives'}, hash {dist.content_hash}")
+    click.echo(f"target       {problem.target.describe()}")
+    for text, logp in _decoded_samples(problem, samples, seed):
+        shown = text if len(text) <= 100 else text[:97] + "..."
+        click.echo(f"  sample     {shown!r}  (log D = {logp:.2f})")
+
+
+budget_options = [
+    click.option("--budget-calls", type=int, default=None,
+                 help="Model calls: forward passes + backward-weight × backward passes."),
+    click.option("--budget-seconds", type=float, default=None, help="Wall-clock seconds."),
+    click.option("--budget-rel-error", type=float, default=None,
+                 help="Stop once the relative standard error falls to this."),
+    click.option("--backward-weight", type=float, default=2.0, show_default=True,
+                 help="Cost of one backward pass in forward passes."),
+]
+
+
+def _with_budget(fn: Any) -> Any:
+    for option in reversed(budget_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lowprob")
+@click.option("-v", "--verbose", is_flag=True, help="Log what lowprob does.")
+def main(verbose: bool) -> None:
+    """Estimate the probability that a language model produces a rare output.
+
+    \b
+    Quick start (the built-in default model and a built-in distribution):
+      lowprob estimate hex-demo --target 'argmax == "ff"' --budget-calls 100000
+      lowprob run examples/experiments/demo.toml
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="lowprob: %(message)s")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--model", default=None, help="Model name (default: the registry's default model).")
+@click.option("--distribution", default=None, help="Which `dist` of the spec (default: main or the only one).")
+@click.option("--target", default=None,
+              help="A target name from the spec, or an expression like 'argmax == \" the\"'.")
+@click.option("--estimator", default="naive", show_default=True, help="Registered estimator name.")
+@click.option("-o", "--option", "options", multiple=True, help="Estimator option key=value (repeatable).")
+@_with_budget
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--level", type=float, default=0.95, show_default=True, help="Confidence level.")
+@click.option("--samples", type=int, default=3, show_default=True, help="Decoded input samples to show.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Append the result to this JSONL file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
+def estimate(spec: str, model: str | None, distribution: str | None, target: str | None, estimator: str,
+             options: tuple[str, ...], budget_calls: int | None, budget_seconds: float | None,
+             budget_rel_error: float | None, backward_weight: float, seed: int, level: float, samples: int,
+             output: Path | None, as_json: bool, progress: bool | None) -> None:
+    """Estimate one probability: SPEC is a spec file, a registered distribution, or DSL text.
+
+    \b
+    Example:
+      lowprob estimate hex-demo --target 'argmax == "ff"' --budget-calls 200000 --seed 1
+      lowprob estimate my.lp --estimator uniform-is -o batch_size=512 --budget-seconds 30
+    """
+    if budget_calls is None and budget_seconds is None and budget_rel_error is None:
+        budget_calls = 100_000
+    budget = Budget(model_calls=budget_calls, seconds=budget_seconds, target_rel_error=budget_rel_error,
+                    backward_weight=backward_weight)
+    registry = _registry()
+    problem = compile_problem(registry, resolve_spec(spec, registry), model=model, distribution=distribution,
+                              target=target)
+    if not as_json:
+        _show_problem(problem, samples, seed)
+        click.echo(f"estimator    {estimator} with budget {budget.describe()}, seed {seed}")
+    result = run_problem(registry, problem, estimator, _parse_options(options), budget, seed, level=level,
+                         progress=progress)
+    if output is not None:
+        ResultsFile(output).append({"key": f"estimate-{result.provenance.started_at}-{seed}",
+                                    "model": problem.model.name, "distribution": problem.distribution.name,
+                                    "target": problem.target.describe(), "estimator": estimator,
+                                    "budget": budget.model_dump(mode="json", exclude_none=True), "seed": seed,
+                                    "estimate": result.model_dump(mode="json")})
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    click.echo(f"result       {result.summary()}")
+    click.echo(f"stopped by   {result.stop_reason}")
+    if output is not None:
+        click.echo(f"written to   {output}")
+
+
+@main.command(name="run")
+@click.argument("experiment", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and list what would run; run nothing.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar over estimates.")
+def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
+    """Run an experiment file (TOML), resuming where an earlier run of it stopped.
+
+    \b
+    Example:
+      lowprob run examples/experiments/demo.toml
+    Results go to the file named by `output` (JSON lines, one per estimate); rows already there are skipped.
+    """
+    registry = _registry()
+    exp = plan(experiment, registry)
+    todo = pending(exp)
+    click.echo(f"experiment {exp.spec.name}: {len(exp.rows)} estimates planned, {len(exp.rows) - len(todo)} "
+               f"already in {exp.output}, {len(todo)} to run")
+    if dry_run:
+        for row in todo:
+            click.echo(f"  {row.model}  {row.distribution}  {row.target}  {row.label}  "
+                       f"{row.budget.describe()}  seed {row.seed}")
+        return
+    bar = progress_bar(len(todo), "estimates", progress)
+
+    def report(row: Any, result: Estimate) -> None:
+        bar.update(1)
+        bar.write(f"  {row.distribution} / {row.target} / {row.label} / seed {row.seed}: {result.summary()}")
+
+    try:
+        for _ in run(exp, registry, on_row=report):
+            pass
+    finally:
+        bar.close()
+    click.echo(summary_table(ResultsFile(exp.output).rows()))
+    click.echo(f"results: {exp.output}")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--model", default=None, help="Model whose tokenizer and context the spec compiles against.")
+@click.option("--distribution", default=None)
+@click.option("-n", "count", type=int, default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(spec: str, model: str | None, distribution: str | None, count: int, seed: int) -> None:
+    """Show decoded samples of a distribution with their log-probabilities.
+
+    \b
+    Example:
+      lowprob sample hex-demo -n 10 --seed 3
+    """
+    registry = _registry()
+    compiled = compile_source(registry, resolve_spec(spec, registry), model=model)
+    dist = compiled.spec.distribution(distribution)
+    tokens = dist.sample(count, torch.Generator().manual_seed(seed))
+    for row, logp in zip(tokens, dist.log_prob(tokens), strict=True):
+        ids = row.tolist()
+        click.echo(f"{float(logp):9.3f}  {compiled.model.vocab.decode(ids)!r}")
+
+
+@main.command()
+@click.argument("spec")
+@click.option("--model", default=None, help="Model whose tokenizer and context the spec compiles against.")
+def check(spec: str, model: str | None) -> None:
+    """Parse and compile a spec; report errors with line, column and a caret (exit status 1).
+
+    \b
+    Example:
+      lowprob check examples/specs/demo.lp
+    """
+    registry = _registry()
+    source: SpecSource = resolve_spec(spec, registry)
+    compiled = compile_source(registry, source, model=model)
+    click.echo(f"{source.origin}: ok (compiled for model {compiled.model.name})")
+    for name, dist in compiled.spec.distributions.items():
+        click.echo(f"  dist {name}: {dist.describe()}")
+    for name, target in compiled.spec.targets.items():
+        click.echo(f"  target {name}: {target.describe()}")
+    for name, tokens in compiled.spec.token_sets.items():
+        click.echo(f"  tokens {name}: {len(tokens)} tokens{' (weighted)' if tokens.weighted else ''}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List plugins: name, version and what each provides.
+
+    \b
+    Example:
+      lowprob plugins --json
+    Block a plugin with LOWPROB_BLOCK_PLUGINS=name1,name2.
+    """
+    infos = plugin_infos(_registry())
+    data = [info.model_dump() if hasattr(info, "model_dump") else info.__dict__ for info in infos]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [[d["name"], d["version"] or "-",
+             "; ".join(f"{kind}: {', '.join(names)}" for kind, names in d["provides"].items() if names)]
+            for d in data]
+    click.echo(format_table(["plugin", "version", "provides"], rows))
+
+
+@main.command()
+@click.option("--options", "show_options", is_flag=True, help="Also print each estimator's options.")
+def estimators(show_options: bool) -> None:
+    """List registered estimators with their capabilities (and options).
+
+    \b
+    Example:
+      lowprob estimators --options
+    """
+    registry = _registry()
+    for entry in registry.entries("estimators"):
+        cls = entry.obj
+        caps = cls.capabilities
+        flags = ", ".join(k for k in ("unbiased", "has_error_bars", "needs_gradients", "needs_factorized")
+                          if getattr(caps, k))
+        click.echo(f"{entry.name}  ({entry.plugin} {entry.version})  [{flags}]")
+        doc = (cls.__doc__ or "").strip().splitlines()
+        if doc:
+            click.echo(f"    {doc[0]}")
+        if show_options:
+            for field_name, field in cls.Options.model_fields.items():
+                default = field.get_default(call_default_factory=True)
+                ann = getattr(field.annotation, "__name__", str(field.annotation))
+                click.echo(f"    --option {field_name}=...  ({ann}, default {default!r})  {field.description or ''}")
+
+
+@main.command()
+def models() -> None:
+    """List registered models (nothing is loaded).
+
+    \b
+    Example:
+      lowprob models
+    """
+    registry = _registry()
+    rows = [[e.name + (" (default)" if e.name == registry.default_model_name else ""), e.plugin, e.description]
+            for e in registry.entries("models")]
+    click.echo(format_table(["model", "plugin", "description"], rows))
+
+
+@main.command()
+def distributions() -> None:
+    """List registered distributions (named specs usable wherever a SPEC is asked for).
+
+    \b
+    Example:
+      lowprob distributions
+    """
+    rows = [[e.name, e.plugin, e.description] for e in _registry().entries("distributions")]
+    click.echo(format_table(["distribution", "plugin", "description"], rows))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

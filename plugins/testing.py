@@ -1,0 +1,157 @@
+"""Conformance kit for estimator authors: toy problems small enough to enumerate, and checks against them.
+
+A toy problem is a tiny TransformerLens-native model (a handful of tokens, a few positions) with an input
+distribution whose every sequence can be run through the model, so the exact target probability is known.
+``check_unbiased`` and ``check_error_bars`` run an estimator on it with fixed seeds and judge it with a
+tolerance derived from the estimator's own spread, so a biased estimator fails them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lowprob.core.budget import Budget
+from lowprob.core.distribution import Categorical, InputDistribution
+from lowprob.core.estimate import Estimate
+from lowprob.core.estimator import Estimator, Problem
+from lowprob.core.meter import MeteredModel
+from lowprob.core.model import ModelAdapter
+from lowprob.core.runner import run_estimator
+from lowprob.core.target import ArgmaxIs, Target
+from lowprob.core.vocabulary import ListVocabulary
+
+
+def tiny_model(d_vocab: int = 6, n_ctx: int = 8, n_layers: int = 1, d_model: int = 16,
+               seed: int = 0) -> ModelAdapter:
+    """A seeded random TransformerLens-native model over the letters ``a, b, c, ...``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = dict(n_layers=n_layers, d_model=d_model, n_heads=2, d_head=d_model // 2, d_mlp=4 * d_model,
+               n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu", normalization_type="LN", seed=seed)
+    bridge = TransformerBridge.boot_native(cfg)
+    vocab = ListVocabulary([chr(ord("a") + i) for i in range(d_vocab)])
+    return ModelAdapter(bridge, vocab, f"tiny-{n_layers}l-v{d_vocab}-s{seed}")
+
+
+def exact_probability(model: ModelAdapter, distribution: InputDistribution, target: Target) -> float:
+    """``Pr_{x~D}[target hit]`` by running every sequence of ``distribution`` through ``model``."""
+    tokens, probs = distribution.enumerate()
+    hits = target.hits(model.last_logits(tokens))
+    return float(probs[hits].sum())
+
+
+def argmax_probabilities(model: ModelAdapter, distribution: InputDistribution) -> torch.Tensor:
+    """Exact probability of every token being the last-position argmax, ``[d_vocab]`` float64."""
+    tokens, probs = distribution.enumerate()
+    argmax = model.last_logits(tokens).argmax(dim=-1)
+    return torch.zeros(model.d_vocab, dtype=torch.float64).index_add_(0, argmax, probs)
+
+
+@dataclass
+class ToyProblem:
+    """A problem together with its exact answer."""
+
+    model: ModelAdapter
+    distribution: InputDistribution
+    target: Target
+    exact: float
+
+    def problem(self) -> Problem:
+        """A fresh :class:`Problem` with its own meter."""
+        return Problem(MeteredModel(self.model), self.distribution, self.target)
+
+
+def toy_problem(seed: int = 0, d_vocab: int = 6, length: int = 3, band: tuple[float, float] = (0.005, 0.3),
+                model: ModelAdapter | None = None) -> ToyProblem:
+    """A random toy problem: random per-position weights, and the target whose exact probability is the
+    smallest one inside ``band`` (so it is rare but estimable); raises if no token falls in the band."""
+    gen = torch.Generator().manual_seed(seed)
+    model = model or tiny_model(d_vocab=d_vocab, n_ctx=max(8, length), seed=seed)
+    positions = [
+        Categorical.from_weights(torch.arange(d_vocab), torch.rand(d_vocab, generator=gen, dtype=torch.float64)
+                                 + 0.05)
+        for _ in range(length)
+    ]
+    dist = InputDistribution.independent(positions, d_vocab, name=f"toy-{seed}")
+    probs = argmax_probabilities(model, dist)
+    inside = [(float(p), t) for t, p in enumerate(probs.tolist()) if band[0] <= p <= band[1]]
+    if not inside:
+        raise ValueError(f"toy problem {seed}: no token has probability in {band}; got {probs.tolist()}")
+    exact, token = min(inside)
+    return ToyProblem(model, dist, ArgmaxIs(token, model.vocab.token_string(token)), exact)
+
+
+@dataclass
+class CheckReport:
+    """What a statistical check measured, for assertion messages."""
+
+    passed: bool
+    detail: str
+    estimates: list[Estimate]
+
+
+def replicate(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget, seeds: range,
+              options: Mapping[str, Any] | None = None) -> list[Estimate]:
+    """Run the estimator once per seed on fresh meters."""
+    estimator = estimator_cls(options)
+    return [run_estimator(estimator, toy.problem(), budget, seed, progress=False) for seed in seeds]
+
+
+def check_unbiased(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,
+                   seeds: range = range(100), options: Mapping[str, Any] | None = None,
+                   sigmas: float = 4.0) -> CheckReport:
+    """The mean of seeded replicate estimates lies within ``sigmas`` standard errors of the exact value.
+
+    The standard error of the mean comes from the replicates' own spread, so the tolerance shrinks as the
+    estimator gets more precise and a biased estimator fails.
+    """
+    estimates = replicate(estimator_cls, toy, budget, seeds, options)
+    values = [e.value for e in estimates]
+    mean = statistics.fmean(values)
+    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
+    if sem == 0:
+        passed = math.isclose(mean, toy.exact, rel_tol=1e-9, abs_tol=1e-15)
+    else:
+        passed = abs(mean - toy.exact) <= sigmas * sem
+    detail = (f"mean {mean:.6g} vs exact {toy.exact:.6g}: {abs(mean - toy.exact) / sem if sem else 0:.2f} "
+              f"standard errors (sem {sem:.3g}, {len(values)} replicates, tolerance {sigmas})")
+    return CheckReport(passed, detail, estimates)
+
+
+def check_error_bars(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,
+                     seeds: range = range(200), options: Mapping[str, Any] | None = None,
+                     level: float = 0.95, sigmas: float = 3.0) -> CheckReport:
+    """The reported intervals cover the exact value at (at least) their nominal rate.
+
+    Coverage is a binomial count: it passes when it is no more than ``sigmas`` binomial standard deviations
+    below ``level``. Conservative intervals (coverage above nominal) pass.
+    """
+    estimates = replicate(estimator_cls, toy, budget, seeds, options)
+    if any(e.ci is None for e in estimates):
+        return CheckReport(False, "some estimates have no confidence interval", estimates)
+    covered = sum(e.ci.low <= toy.exact <= e.ci.high for e in estimates if e.ci is not None)
+    n = len(estimates)
+    floor = level - sigmas * math.sqrt(level * (1 - level) / n)
+    passed = covered / n >= floor
+    return CheckReport(passed, f"coverage {covered}/{n} = {covered / n:.3f}; floor {floor:.3f} "
+                               f"(nominal {level})", estimates)
+
+
+def check_sane(estimate: Estimate) -> list[str]:
+    """Problems with an estimate's basic invariants (finite, non-negative, zero hits never NaN)."""
+    problems = []
+    if not (math.isfinite(estimate.value) and estimate.value >= 0):
+        problems.append(f"value {estimate.value!r} is not a finite non-negative number")
+    if estimate.std_error is not None and not math.isfinite(estimate.std_error):
+        problems.append(f"std_error {estimate.std_error!r} is not finite")
+    if estimate.ci is not None and not (0 <= estimate.ci.low <= estimate.ci.high):
+        problems.append(f"interval [{estimate.ci.low}, {estimate.ci.high}] is malformed")
+    if estimate.hits == 0 and estimate.ci is not None and not math.isfinite(estimate.ci.high):
+        problems.append("zero hits gave no finite upper bound")
+    return problems
