@@ -7,41 +7,55 @@ estimator plugin and a budget into an :class:`Estimate` with error bars, cost an
     est = lowprob.estimate("hex-demo", target='argmax == "ff"', budget=200_000, seed=1)
     print(est.summary())
 
-Plugins implement hooks marked with ``@lowprob.hookimpl`` (see docs/plugins.md).
+Plugins implement hooks marked with ``@lowprob.hookimpl`` (see docs/plugins.md). Names are imported lazily,
+so ``import lowprob.core`` does not load the DSL or the plugin system.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from lowprob.api import estimate  # noqa: E402
-from lowprob.core import (  # noqa: E402
-    Budget,
-    Capabilities,
-    Estimate,
-    Estimator,
-    EstimatorOptions,
-    EstimatorOutput,
-    LowprobError,
-    Problem,
-    StepContext,
-    StepInfo,
-    run_estimator,
-)
-from lowprob.plugins import hookimpl, load_registry  # noqa: E402
+_EXPORTS = {
+    "estimate": "lowprob.api",
+    "Budget": "lowprob.core",
+    "Capabilities": "lowprob.core",
+    "Estimate": "lowprob.core",
+    "Estimator": "lowprob.core",
+    "EstimatorOptions": "lowprob.core",
+    "EstimatorOutput": "lowprob.core",
+    "LowprobError": "lowprob.core",
+    "Problem": "lowprob.core",
+    "StepContext": "lowprob.core",
+    "StepInfo": "lowprob.core",
+    "run_estimator": "lowprob.core",
+    "hookimpl": "lowprob.plugins",
+    "load_registry": "lowprob.plugins",
+}
 
-__all__ = [
-    "Budget",
-    "Capabilities",
-    "Estimate",
-    "Estimator",
-    "EstimatorOptions",
-    "EstimatorOutput",
-    "LowprobError",
-    "Problem",
-    "StepContext",
-    "StepInfo",
-    "__version__",
-    "estimate",
-    "hookimpl",
-    "load_registry",
-    "run_estimator",
-]
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from lowprob.api import estimate
+    from lowprob.core import (
+        Budget,
+        Capabilities,
+        Estimate,
+        Estimator,
+        EstimatorOptions,
+        EstimatorOutput,
+        LowprobError,
+        Problem,
+        StepContext,
+        StepInfo,
+        run_estimator,
+    )
+    from lowprob.plugins import hookimpl, load_registry
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lowprob' has no attribute {name!r}")
