@@ -1,1 +1,10 @@
-"""placeholder"""
+"""The plugins that ship with lowprob, loaded by module name before any third-party plugin."""
+
+BUILTIN_MODULES: tuple[str, ...] = (
+    "lowprob.plugins.builtin.naive",
+    "lowprob.plugins.builtin.models",
+    "lowprob.plugins.builtin.token_sets",
+    "lowprob.plugins.builtin.distributions",
+)
+"""Built-in plugin modules; each is registered as ``lowprob.<last part>`` (e.g.
+``lowprob.naive``)."""
