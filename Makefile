@@ -1,0 +1,44 @@
+# lowprob: `make run` sets everything up and runs the main job; `make test` sets up and runs the test suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; set TORCH_SPEC to pick another (e.g. a CUDA build on a GPU machine).
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup run test test-slow test-all lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## The main job: a rare-token estimate with naive Monte Carlo on the built-in default model.
+run: $(STAMP)
+	$(BIN)/lowprob estimate examples/specs/demo.lp --budget-calls 200000 --seed 0 --output results/demo.jsonl
+
+## The test suite (everything but tests marked slow; GPU tests skip themselves without a GPU).
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+## Slow tests only (installing the example plugin into a scratch directory, long statistical runs).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy core dsl plugins lowprob
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .hypothesis
