@@ -1,0 +1,289 @@
+"""Evaluation of token-set expressions against a vocabulary: regexes, explicit sets, set algebra
+with weights, ``where`` filters, the built-ins ``vocab()`` and ``top(N, S)``, injected resolvers."""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Mapping
+from functools import cached_property
+
+import torch
+from lowprob.core.errors import LowprobError
+from lowprob.core.tokenset import ResolverArg, TokenSet, TokenSetResolver
+from lowprob.core.vocabulary import Vocabulary, token_strings
+from lowprob.dsl import syntax as s
+from lowprob.dsl.errors import SourceText
+from lowprob.dsl.formatter import format_number, format_string
+
+BUILTINS = ("top", "vocab")
+"""Functions every spec can call; they take precedence over injected resolvers of the same name."""
+
+_COMPARE: dict[str, Callable[[int, float], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "<": operator.lt,
+    ">": operator.gt,
+}
+_EMPTY_HINT = "a token set must contain at least one token"
+
+
+class TokenSetEvaluator:
+    """Turns set expressions into non-empty token sets; every failure is a DslError at its node.
+
+    ``lookup`` resolves a reference to an earlier ``tokens`` definition (or raises a DslError).
+    """
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        resolvers: Mapping[str, TokenSetResolver],
+        source: SourceText,
+        lookup: Callable[[s.SetRef], TokenSet],
+    ) -> None:
+        self.vocab, self.resolvers, self.source, self._lookup = vocab, resolvers, source, lookup
+
+    @cached_property
+    def _strings(self) -> list[str]:
+        return token_strings(self.vocab)
+
+    @cached_property
+    def _plain_ids(self) -> torch.Tensor:
+        special = set(self.vocab.special_tokens.values())
+        return torch.tensor(
+            [i for i in range(self.vocab.size) if i not in special], dtype=torch.int64
+        )
+
+    @cached_property
+    def _by_string(self) -> dict[str, int]:
+        table: dict[str, int] = {}
+        for i in [*self._plain_ids.tolist(), *sorted(self.vocab.special_tokens.values())]:
+            table.setdefault(self._strings[i], i)
+        return table
+
+    def evaluate(self, expr: s.SetExpr) -> TokenSet:
+        """The token set ``expr`` denotes; an empty one is an error at the node that produced it."""
+        result, reason = self._evaluate(expr)
+        if len(result) == 0:
+            raise self.source.error(expr, f"empty token set: {reason}", _EMPTY_HINT)
+        return result
+
+    def token_id(self, text: str, node: s.Node) -> int:
+        """The single token whose string is (or encodes from) ``text``, else a DslError."""
+        if text in self._by_string:
+            return self._by_string[text]
+        try:
+            ids = self.vocab.encode(text)
+        except ValueError as exc:
+            raise self.source.error(
+                node,
+                f"{format_string(text)} is not a token",
+                f"the vocabulary cannot encode it: {exc}",
+            ) from None
+        if len(ids) == 1:
+            return ids[0]
+        pieces = " ".join(format_string(self._strings[i]) for i in ids)
+        raise self.source.error(
+            node,
+            f"{format_string(text)} is not a single token",
+            f"it tokenizes as {pieces} ({len(ids)} tokens)",
+        )
+
+    def check_id(self, token_id: int, node: s.Node) -> int:
+        """``token_id`` if it is in the vocabulary; else a DslError."""
+        if token_id >= self.vocab.size:
+            raise self.source.error(
+                node,
+                f"token id {token_id} is outside the vocabulary (ids 0..{self.vocab.size - 1})",
+            )
+        return token_id
+
+    def _evaluate(self, expr: s.SetExpr) -> tuple[TokenSet, str]:
+        """The set and, for when it is empty, why."""
+        if isinstance(expr, s.SetRef):
+            return self._lookup(expr), f"{expr.name} is empty"
+        if isinstance(expr, s.RegexSet):
+            keep = self._predicate(_regex_test(self._regex(expr.pattern, expr)))
+            return TokenSet(self._plain_ids[keep]), f"/{expr.pattern}/ matches no token"
+        if isinstance(expr, s.ExplicitSet):
+            return self._explicit(expr), "{} has no entries"
+        if isinstance(expr, s.SetCall):
+            return self._call(expr), f"{expr.name}() returned no tokens"
+        if isinstance(expr, s.Where):
+            base = self.evaluate(expr.expr)
+            keep = self._predicate(self._filter(expr.filter), base.ids)
+            return _subset(base, keep), "no token passes the filter"
+        return self._algebra(expr)
+
+    def _algebra(self, expr: s.SetOp) -> tuple[TokenSet, str]:
+        left, right = self.evaluate(expr.left), self.evaluate(expr.right)
+        if expr.op == "-":
+            return _subset(left, ~torch.isin(left.ids, right.ids)), "the difference is empty"
+        if expr.op == "&":
+            inside = torch.isin(left.ids, right.ids)
+            if left.weighted or not right.weighted:
+                return _subset(left, inside), "the intersection is empty"
+            return _subset(right, torch.isin(right.ids, left.ids)), "the intersection is empty"
+        if left.weighted != right.weighted:
+            raise self.source.error(
+                expr,
+                "cannot take the union of a weighted and an unweighted set",
+                "give both sides weights (they add up) or neither",
+            )
+        ids = torch.cat([left.ids, right.ids])
+        if left.weights is None or right.weights is None:
+            return TokenSet.of(ids), "the union is empty"
+        return TokenSet.of(ids, torch.cat([left.weights, right.weights])), "the union is empty"
+
+    def _predicate(
+        self, test: Callable[[str], bool], ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A mask over ``ids`` (default: the non-special ids) of the tokens passing ``test``."""
+        ids = self._plain_ids if ids is None else ids
+        return torch.tensor([test(self._strings[i]) for i in ids.tolist()], dtype=torch.bool)
+
+    def _regex(self, pattern: str, node: s.RegexSet | s.MatchesFilter) -> re.Pattern[str]:
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            # the node starts at the opening slash; point at the offending character of the pattern
+            raise self.source.error(
+                node, f"invalid regular expression: {exc.msg}", offset=1 + (exc.pos or 0)
+            ) from None
+
+    def _filter(self, condition: s.Filter) -> Callable[[str], bool]:
+        if isinstance(condition, s.LenFilter):
+            compare, bound = _COMPARE[condition.op], condition.value
+            return lambda text: compare(len(text), bound)
+        if isinstance(condition, s.AffixFilter):
+            affix = condition.text
+            return (
+                (lambda text: text.startswith(affix))
+                if condition.kind == "startswith"
+                else (lambda text: text.endswith(affix))
+            )
+        if isinstance(condition, s.MatchesFilter):
+            return _regex_test(self._regex(condition.pattern, condition))
+        if isinstance(condition, s.NotFilter):
+            inner = self._filter(condition.operand)
+            return lambda text: not inner(text)
+        left, right = self._filter(condition.left), self._filter(condition.right)
+        if condition.op == "and":
+            return lambda text: left(text) and right(text)
+        return lambda text: left(text) or right(text)
+
+    def _explicit(self, expr: s.ExplicitSet) -> TokenSet:
+        weighted = [e.weight is not None for e in expr.entries]
+        if any(weighted) and not all(weighted):
+            odd = expr.entries[weighted.index(not weighted[0])]
+            raise self.source.error(
+                odd,
+                "either every entry of {...} has a weight or none does",
+                'write {"He": 0.5, "She": 0.5} or {"He", "She"}',
+            )
+        ids = [
+            self.token_id(e.token, e) if isinstance(e.token, str) else self.check_id(e.token, e)
+            for e in expr.entries
+        ]
+        if not any(weighted):
+            return TokenSet.of(ids)
+        return TokenSet.of(
+            ids, [self.check_weight(e.weight, e) for e in expr.entries if e.weight is not None]
+        )
+
+    def check_weight(self, weight: int | float, node: s.Node) -> float:
+        """``weight`` if it is a positive finite number; else a DslError at ``node``."""
+        if not math.isfinite(weight) or weight <= 0:
+            hint = (
+                "to leave it out, delete it instead of giving it weight 0" if weight == 0 else None
+            )
+            raise self.source.error(
+                node, f"a weight must be positive and finite, got {format_number(weight)}", hint
+            )
+        return float(weight)
+
+    def _call(self, call: s.SetCall) -> TokenSet:
+        if call.name == "vocab":
+            if call.args:
+                raise self.source.error(call.args[0], "vocab() takes no arguments")
+            return TokenSet(self._plain_ids)
+        if call.name == "top":
+            return self._top(call)
+        resolver = self.resolvers.get(call.name)
+        if resolver is None:
+            known = ", ".join(sorted({*BUILTINS, *self.resolvers}))
+            raise self.source.error(
+                call,
+                f"unknown function {call.name!r}; known functions: {known}",
+                "token-set functions come from plugins",
+            )
+        args = [self._argument(a) for a in call.args]
+        try:
+            result = resolver(self.vocab, *args)
+        except (ValueError, TypeError, LowprobError) as exc:
+            raise self.source.error(call, f"{call.name}() failed: {exc}") from None
+        return self._checked(result, call)
+
+    def _argument(self, arg: s.CallArg) -> ResolverArg:
+        if isinstance(arg, s.NumberArg | s.StringArg):
+            return arg.value
+        return self.evaluate(arg)
+
+    def _checked(self, result: object, call: s.SetCall) -> TokenSet:
+        if not isinstance(result, TokenSet):
+            raise self.source.error(
+                call, f"{call.name}() returned {type(result).__name__}, not a TokenSet"
+            )
+        ids = result.ids
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab.size):
+            raise self.source.error(
+                call,
+                f"{call.name}() returned token ids outside the vocabulary "
+                f"(ids 0..{self.vocab.size - 1})",
+            )
+        weights = result.weights
+        if weights is not None and (
+            weights.numel() != ids.numel()
+            or not bool((torch.isfinite(weights) & (weights > 0)).all())
+        ):
+            raise self.source.error(
+                call, f"{call.name}() returned weights that are not all positive and finite"
+            )
+        return result
+
+    def _top(self, call: s.SetCall) -> TokenSet:
+        usage = 'top takes a count and a token set, as in top(64, freq("stdlib"))'
+        if len(call.args) != 2 or isinstance(call.args[1], s.NumberArg | s.StringArg):
+            raise self.source.error(
+                call,
+                f"top() needs 2 arguments, a count and a token set; got {len(call.args)}",
+                usage,
+            )
+        count, expr = call.args
+        if (
+            not isinstance(count, s.NumberArg)
+            or not isinstance(count.value, int)
+            or count.value < 1
+        ):
+            shown = format_number(count.value) if isinstance(count, s.NumberArg) else "a set"
+            raise self.source.error(count, f"top() needs a count of at least 1, got {shown}", usage)
+        base = self.evaluate(expr)
+        if base.weights is None:
+            return TokenSet(base.ids[: count.value])
+        # heaviest first; a stable sort over ascending ids breaks ties towards the lower id
+        order = torch.sort(base.weights, descending=True, stable=True).indices[: count.value]
+        keep = torch.zeros(len(base), dtype=torch.bool)
+        keep[order] = True
+        return _subset(base, keep)
+
+
+def _regex_test(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda text: pattern.search(text) is not None
+
+
+def _subset(tokens: TokenSet, keep: torch.Tensor) -> TokenSet:
+    """The ids of ``tokens`` where ``keep`` is true, with their weights."""
+    return TokenSet(tokens.ids[keep], None if tokens.weights is None else tokens.weights[keep])
