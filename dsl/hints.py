@@ -52,6 +52,13 @@ COMMON_MISTAKES: dict[str, list[str]] = {
 }
 """Hint → malformed examples that trigger it."""
 
+# lark compares parser states including stack depth, and the first statement sits one level
+# shallower than the rest: replay every example both alone and after another statement.
+_EXAMPLES = {
+    hint: [*bad, *(f"tokens x = vocab()\n{b}" for b in bad)]
+    for hint, bad in COMMON_MISTAKES.items()
+}
+
 _CLOSERS = {"RSQB": "]", "RBRACE": "}", "RPAR": ")"}
 
 
@@ -64,7 +71,7 @@ def hint_for(error: UnexpectedInput, parse: Callable[[str], object], text: str) 
         before = error.token.end_pos if error.token.type == "$END" else error.token.start_pos
         if expected == {"NUMBER"} and text[:before].rstrip().endswith("*"):
             return STAR_WITHOUT_COUNT
-        label = error.match_examples(parse, COMMON_MISTAKES, token_type_match_fallback=True)
+        label = error.match_examples(parse, _EXAMPLES, token_type_match_fallback=True)
         if label is not None:
             return label
         closers = [c for name, c in _CLOSERS.items() if name in expected]

@@ -1,18 +1,20 @@
-"""Shared fixtures for the DSL tests: a small vocabulary and plain-function resolvers."""
+"""The DSL tests' toy vocabulary and plain-function resolvers (the docs' examples use them too)."""
 
 from __future__ import annotations
-
-import pytest
 
 from lowprob.core.tokenset import ResolverArg, TokenSet
 from lowprob.core.vocabulary import ListVocabulary, Vocabulary
 
+# fmt: off
 TOKENS = [
-    "<bos>", "<eos>", "a", "b", "c", "d", "e", "f", "0", "1", "2", "3", "He", "She", " said", ":", " ",
+    "<bos>", "<eos>", "a", "b", "c", "d", "e", "f", "0", "1", "2", "3", "He", "She", " said", ":",
+    " ",
     "ff", "00", "ab", "HELLO", "A", "B", " screamed", "<pad>",
 ]
-"""Ids are list positions: "<bos>" 0, "<eos>" 1, "a" 2 ... "f" 7, "0" 8 ... "3" 11, "He" 12, "She" 13,
-" said" 14, ":" 15, " " 16, "ff" 17, "00" 18, "ab" 19, "HELLO" 20, "A" 21, "B" 22, " screamed" 23."""
+# fmt: on
+"""Ids are list positions: "<bos>" 0, "<eos>" 1, "a".."f" 2..7, "0".."3" 8..11, "He" 12, "She" 13,
+" said" 14, ":" 15, " " 16, "ff" 17, "00" 18, "ab" 19, "HELLO" 20, "A" 21, "B" 22, " screamed" 23;
+"<pad>" 24 is the special token PAD."""
 
 ID = {t: i for i, t in enumerate(TOKENS)}
 
@@ -34,8 +36,3 @@ def nothing(vocab: Vocabulary) -> TokenSet:
 
 
 RESOLVERS = {"freq": freq, "nothing": nothing}
-
-
-@pytest.fixture
-def vocab() -> ListVocabulary:
-    return make_vocab()
