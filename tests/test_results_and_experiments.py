@@ -1,0 +1,179 @@
+"""Results files are append-only and survive interruption; experiments validate up front and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lowprob import experiments
+from lowprob.core import LowprobError
+from lowprob.core.vocabulary import ListVocabulary
+from lowprob.plugins import hookimpl, load_registry
+from lowprob.plugins.testing import tiny_model
+from lowprob.results import ResultsFile, write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyModels:
+    """A test plugin: a 6-token model over the letters a–f, marked default."""
+
+    @hookimpl
+    def register_models(self, registrar) -> None:  # type: ignore[no-untyped-def]
+        registrar.add_model("tiny", lambda: tiny_model(d_vocab=6, seed=3), default=True,
+                            description="test model")
+
+
+@pytest.fixture(scope="module")
+def registry():  # type: ignore[no-untyped-def]
+    return load_registry(entry_points=False, extra_plugins=[TinyModels()])
+
+
+def _write_experiment(tmp: Path, seeds: int = 3, extra: str = "") -> Path:
+    path = tmp / "exp.toml"
+    path.write_text(f"""
+name = "t"
+output = "out/results.jsonl"
+seeds = {list(range(seeds))}
+{extra}
+[[distributions]]
+name = "letters"
+text = '''
+tokens letters = /^[a-f]$/
+dist main = letters * 3
+target c = argmax == "c"
+'''
+targets = ["c", 'argmax in {{"a", "b"}}']
+
+[[estimators]]
+name = "naive"
+options = {{ batch_size = 100 }}
+
+[[budgets]]
+model_calls = 300
+""")
+    return path
+
+
+def test_results_file_appends_complete_lines_and_trims_a_partial_tail(tmp_path: Path) -> None:
+    results = ResultsFile(tmp_path / "r.jsonl")
+    results.append({"key": "a", "v": 1})
+    with results.path.open("ab") as fh:  # a write killed halfway
+        fh.write(b'{"key": "b", "v"')
+    assert [r["key"] for r in results.rows()] == ["a"]
+    results.append({"key": "c", "v": 3})
+    assert results.path.read_text().splitlines() == ['{"key": "a", "v": 1}', '{"key": "c", "v": 3}']
+
+
+def test_damaged_results_file_is_reported_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('not json\n{"key": "a"}\n')
+    with pytest.raises(LowprobError, match="r.jsonl:1: not a JSON line"):
+        ResultsFile(path).keys()
+    assert path.read_text() == 'not json\n{"key": "a"}\n'
+
+
+def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "summary.txt"
+    write_atomic(path, "one")
+    write_atomic(path, "two")
+    assert path.read_text() == "two"
+    assert [p.name for p in path.parent.iterdir()] == ["summary.txt"]
+
+
+def test_nan_rows_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        ResultsFile(tmp_path / "r.jsonl").append({"key": "a", "v": float("nan")})
+
+
+def test_experiment_plan_and_resume_without_duplicates(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    exp = experiments.plan(_write_experiment(tmp_path), registry)
+    assert len(exp.rows) == 2 * 3  # two targets × three seeds
+    first = []
+    for row in experiments.run(exp, registry):  # interrupted after two rows
+        first.append(row)
+        if len(first) == 2:
+            break
+    with exp.output.open("ab") as fh:  # and a third row half-written when it was killed
+        fh.write(b'{"key": "partial')
+    assert len(experiments.pending(exp)) == 4
+    rest = list(experiments.run(experiments.plan(tmp_path / "exp.toml", registry), registry))
+    rows = list(ResultsFile(exp.output).rows())
+    assert len(rest) == 4 and len(rows) == 6
+    assert len({r["key"] for r in rows}) == 6
+    assert rows[:2] == first
+    assert {r["target"] for r in rows} == {"c", 'argmax in {"a", "b"}'}
+    assert all(r["estimate"]["forward_passes"] == 300 for r in rows)
+    assert experiments.pending(exp) == []
+
+
+def test_same_experiment_same_numbers(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    values = []
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        exp = experiments.plan(_write_experiment(tmp_path / sub, seeds=2), registry)
+        values.append([r["estimate"]["value"] for r in experiments.run(exp, registry)])
+    assert values[0] == values[1]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("colour = 'red'", "colour: Extra inputs are not permitted"),
+    ("level = 2", "level: Input should be less than 1"),
+])
+def test_bad_experiment_keys_name_file_and_key(tmp_path: Path, registry, extra: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = _write_experiment(tmp_path, extra=extra)
+    with pytest.raises(LowprobError) as err:
+        experiments.plan(path, registry)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_bad_options_and_specs_fail_before_anything_runs(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    path = _write_experiment(tmp_path)
+    path.write_text(path.read_text().replace("batch_size = 100", "batch_sise = 100"))
+    with pytest.raises(LowprobError, match="batch_sise"):
+        experiments.plan(path, registry)
+    path = _write_experiment(tmp_path)
+    path.write_text(path.read_text().replace('argmax == "c"', 'argmax == "zz"'))
+    with pytest.raises(LowprobError, match="letters"):
+        experiments.plan(path, registry)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_run_resumes_without_losing_or_duplicating_rows(tmp_path: Path) -> None:
+    """Kill `lowprob run` with SIGKILL after its first rows, rerun it, and check every row once."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(f"""
+name = "kill"
+output = "r.jsonl"
+seeds = {list(range(12))}
+[[distributions]]
+spec = "{ROOT / 'examples/specs/demo.lp'}"
+[[estimators]]
+name = "naive"
+options = {{ batch_size = 500 }}
+[[budgets]]
+model_calls = 1500
+""")
+    env = {**os.environ, "CI": "1"}
+    cmd = [sys.executable, "-m", "lowprob", "run", str(exp)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "r.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = results.read_text().splitlines()
+    assert 2 <= len(before) < 12, "the run should have been killed part-way"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    after = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(after) == 12 and len({r["key"] for r in after}) == 12
+    assert [json.dumps(r, sort_keys=True) for r in after[:len(before)]] == before
+    assert sorted(r["seed"] for r in after) == list(range(12))
