@@ -1,4 +1,4 @@
-"""Built-in token-set resolvers: ``vocab()``, ``special()`` and unigram frequency tables
+"""Built-in token-set resolvers: ``vocab()``, ``specials()`` and unigram frequency tables
 ``freq(name)``.
 
 ``freq("stdlib")`` counts the tokens of a few CPython standard-library sources; ``freq("english")``
@@ -102,7 +102,7 @@ def all_tokens(vocab: Vocabulary, *args: ResolverArg) -> TokenSet:
 
 def special_tokens(vocab: Vocabulary, *args: ResolverArg) -> TokenSet:
     """The special tokens (BOS, EOS, ...)."""
-    _no_arguments("special", args)
+    _no_arguments("specials", args)
     return TokenSet.of(sorted(vocab.special_tokens.values()))
 
 
@@ -117,23 +117,11 @@ def freq(vocab: Vocabulary, *args: ResolverArg) -> TokenSet:
 
 @hookimpl
 def register_token_sets(registrar: Registrar) -> None:
-    """Register ``vocab``, ``special`` and ``freq``."""
-    registrar.add_token_set(
-        "vocab",
-        all_tokens,
-        usage="vocab()",
-        description="all non-special tokens of the model's vocabulary",
-    )
-    registrar.add_token_set(
-        "special",
-        special_tokens,
-        usage="special()",
-        description="the special tokens (BOS, EOS, ...)",
-    )
-    registrar.add_token_set(
-        "freq",
-        freq,
-        usage='freq("stdlib")',
-        description="unigram frequencies (weighted): 'stdlib' (Python source) or "
-        "'english' (the Gettysburg Address)",
-    )
+    """Register ``vocab``, ``specials`` and ``freq`` (``special`` is a DSL reserved word)."""
+    registrar.add_token_set("vocab", all_tokens, usage="vocab()",
+                            description="all non-special tokens of the model's vocabulary")
+    registrar.add_token_set("specials", special_tokens, usage="specials()",
+                            description="the special tokens (BOS, EOS, ...)")
+    registrar.add_token_set("freq", freq, usage='freq("stdlib")',
+                            description="unigram frequencies (weighted): 'stdlib' (Python source) "
+                                        "or 'english' (the Gettysburg Address)")
