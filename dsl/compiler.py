@@ -170,8 +170,7 @@ class _Compiler:
             raise self.source.error(
                 node,
                 f"{name!r} is a dist, but a {wanted} is needed here",
-                "a dist is a whole sequence; define the tokens with "
-                "`tokens NAME = ...` and use that name",
+                "a dist is a whole sequence; define the tokens with `tokens NAME = ...` and use that name",
             )
         if name in self.targets:
             raise self.source.error(
@@ -185,16 +184,11 @@ class _Compiler:
         kinds = "token sets" if wanted == "token set" else "token sets and dists"
         hint = None
         if name in self.later:
-            hint = (
-                f"{name!r} is defined later, on line {self.later[name]}; "
-                "a definition can only use the ones above it"
-            )
+            hint = f"{name!r} is defined later, on line {self.later[name]}; a definition can only use the ones above it"
         elif wanted != "token set":
             hint = f'to use the text {name!r}, put it in quotes: "{name}"'
         listing = ", ".join(known) or "(none)"
-        return self.source.error(
-            node, f"unknown {wanted} {name!r}; {kinds} defined so far: {listing}", hint
-        )
+        return self.source.error(node, f"unknown {wanted} {name!r}; {kinds} defined so far: {listing}", hint)
 
     # ---- distributions
 
@@ -207,22 +201,18 @@ class _Compiler:
                 "either every alternative has a weight ('@ w') or none does",
                 'write ("He" @ 0.3 | "She" @ 0.7) or ("He" | "She") for equal weights',
             )
-        weights = [
-            1.0 if b.weight is None else self.sets.check_weight(b.weight, b) for b in branches
-        ]
+        weights = [1.0 if b.weight is None else self.sets.check_weight(b.weight, b) for b in branches]
         runs = [self._items(b.items) for b in branches]
         if len(runs) == 1:
             return runs[0]
         lengths = [sum(block.length for block in run) for run in runs]
         if len(set(lengths)) > 1:
             shapes = "; ".join(
-                f"{format_branch(b)} is {n} token{'s' * (n != 1)}"
-                for b, n in zip(branches, lengths, strict=True)
+                f"{format_branch(b)} is {n} token{'s' * (n != 1)}" for b, n in zip(branches, lengths, strict=True)
             )
             raise self.source.error(
                 node,
-                "alternatives must all have the same number of tokens, got "
-                + ", ".join(map(str, lengths)),
+                "alternatives must all have the same number of tokens, got " + ", ".join(map(str, lengths)),
                 shapes,
             )
         with self._located(node):
@@ -242,9 +232,7 @@ class _Compiler:
                     f"unknown special token {item.name!r}; this vocabulary's "
                     f"special tokens: {', '.join(sorted(specials)) or '(none)'}",
                 )
-            return [
-                Block.position(Categorical.constant(self.sets.check_id(specials[item.name], item)))
-            ]
+            return [Block.position(Categorical.constant(self.sets.check_id(specials[item.name], item)))]
         if isinstance(item, s.NameItem):
             return self._name_item(item)
         if isinstance(item, s.SetItem):
@@ -263,9 +251,7 @@ class _Compiler:
         try:
             ids = self.vocab.encode(item.text)
         except ValueError as exc:
-            raise self.source.error(
-                item, f"cannot encode {format_string(item.text)}: {exc}"
-            ) from None
+            raise self.source.error(item, f"cannot encode {format_string(item.text)}: {exc}") from None
         if not ids:
             raise self.source.error(
                 item,
@@ -313,6 +299,4 @@ class _Compiler:
                 if self.max_length is not None
                 else f"without max_length, dists are limited to {LENGTH_CAP} tokens"
             )
-            raise self.source.error(
-                node, f"{what} is {length} tokens long, more than the maximum length {limit}", hint
-            )
+            raise self.source.error(node, f"{what} is {length} tokens long, more than the maximum length {limit}", hint)

@@ -49,9 +49,7 @@ class SourceText:
         self.text, self.filename = text, filename
         self._lines = text.split("\n")
 
-    def error_at(
-        self, line: int | None, column: int | None, message: str, hint: str | None = None
-    ) -> DslError:
+    def error_at(self, line: int | None, column: int | None, message: str, hint: str | None = None) -> DslError:
         """An error at a 1-based position (``None``: the spec as a whole)."""
         source_line = ""
         if line is not None and 1 <= line <= len(self._lines):

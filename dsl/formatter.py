@@ -36,9 +36,7 @@ def format_statement(statement: s.Statement) -> str:
 
 def format_string(value: str) -> str:
     """A string literal; escapes quote, backslash, newline, tab, and other controls as ``\\xNN``."""
-    body = "".join(
-        _ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in value
-    )
+    body = "".join(_ESCAPES.get(c, f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in value)
     return f'"{body}"'
 
 
@@ -98,9 +96,7 @@ def _argument(arg: s.CallArg) -> str:
 def _filter(condition: s.Filter, minimum: int) -> str:
     if isinstance(condition, s.BoolFilter):
         level = _FILTER_PRECEDENCE[condition.op]
-        text = (
-            f"{_filter(condition.left, level)} {condition.op} {_filter(condition.right, level + 1)}"
-        )
+        text = f"{_filter(condition.left, level)} {condition.op} {_filter(condition.right, level + 1)}"
     elif isinstance(condition, s.NotFilter):
         level = _FILTER_PRECEDENCE["not"]
         text = f"not {_filter(condition.operand, level)}"

@@ -13,9 +13,7 @@ from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 MISSING_EQUALS = "write '=' between the name and its definition, as in: tokens hex = /^[0-9a-f]+$/"
 STAR_WITHOUT_COUNT = "'*' repeats the item before it; give the number of copies, as in: hex * 8"
-EQUALS_WITH_SET = (
-    "'==' takes one token (\"ff\" or #123); to test membership in a set write: argmax in SET"
-)
+EQUALS_WITH_SET = "'==' takes one token (\"ff\" or #123); to test membership in a set write: argmax in SET"
 BARE_TOKEN_ID = "write a token id with '#', as in: argmax == #123"
 ARGMAX_COMPARISON = "compare the argmax with '==' (one token) or 'in' (a token set)"
 WHERE_THEN_SET_OP = (
@@ -23,10 +21,10 @@ WHERE_THEN_SET_OP = (
     "put the filtered set in parentheses, as in: (hex where len > 1) | caps"
 )
 FILTER_SYNTAX = (
-    'a filter is len OP N, startswith "s", endswith "s" or matches /re/, '
-    "combined with and, or, not and parentheses"
+    'a filter is len OP N, startswith "s", endswith "s" or matches /re/, combined with and, or, not and parentheses'
 )
 BARE_TOKEN_IN_SET = 'write explicit tokens in braces, as in: {"He", 17}'
+SET_IN_DIST = 'a token set as one position of a dist goes in brackets, as in: [{"He", "She"}]'
 
 COMMON_MISTAKES: dict[str, list[str]] = {
     MISSING_EQUALS: ["tokens hex /a/", "dist main BOS", 'target t argmax == "a"'],
@@ -54,10 +52,7 @@ COMMON_MISTAKES: dict[str, list[str]] = {
 
 # lark compares parser states including stack depth, and the first statement sits one level
 # shallower than the rest: replay every example both alone and after another statement.
-_EXAMPLES = {
-    hint: [*bad, *(f"tokens x = vocab()\n{b}" for b in bad)]
-    for hint, bad in COMMON_MISTAKES.items()
-}
+_EXAMPLES = {hint: [*bad, *(f"tokens x = vocab()\n{b}" for b in bad)] for hint, bad in COMMON_MISTAKES.items()}
 
 _CLOSERS = {"RSQB": "]", "RBRACE": "}", "RPAR": ")"}
 
@@ -68,6 +63,8 @@ def hint_for(error: UnexpectedInput, parse: Callable[[str], object], text: str) 
         expected = set(error.expected)
         if error.token.type in {"STRING", "NUMBER"} and "LBRACE" in expected:
             return BARE_TOKEN_IN_SET
+        if error.token.type in {"LBRACE", "REGEX"} and "LSQB" in expected:
+            return SET_IN_DIST
         before = error.token.end_pos if error.token.type == "$END" else error.token.start_pos
         if expected == {"NUMBER"} and text[:before].rstrip().endswith("*"):
             return STAR_WITHOUT_COUNT

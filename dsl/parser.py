@@ -81,9 +81,7 @@ def _syntax_error(exc: UnexpectedInput, source: SourceText) -> DslError:
         line, column = 1, 1
     expected = sorted({_describe_terminal(name) for name in exc.expected})
     listing = expected[0] if len(expected) == 1 else "one of " + ", ".join(expected)
-    return source.error_at(
-        line, column, f"unexpected {_describe_token(token)}; expected {listing}", hint
-    )
+    return source.error_at(line, column, f"unexpected {_describe_token(token)}; expected {listing}", hint)
 
 
 def _describe_terminal(name: str) -> str:
@@ -160,9 +158,7 @@ class _ToSyntax(Transformer[Token, Any]):
         value = _number(token)
         if not isinstance(value, int) or value < minimum:
             bound = "a positive" if minimum > 0 else "a non-negative"
-            raise self.source.error_at(
-                token.line, token.column, f"{what} must be {bound} integer, got {token.value}"
-            )
+            raise self.source.error_at(token.line, token.column, f"{what} must be {bound} integer, got {token.value}")
         return value
 
     # ---- statements
@@ -176,14 +172,10 @@ class _ToSyntax(Transformer[Token, Any]):
         return s.DistDef(self._name(name), branches, **self._at(name))
 
     def target_string(self, name: Token, token: Token) -> s.TargetDef:
-        return s.TargetDef(
-            self._name(name), s.TargetIs(self._string(token), **self._at(token)), **self._at(name)
-        )
+        return s.TargetDef(self._name(name), s.TargetIs(self._string(token), **self._at(token)), **self._at(name))
 
     def target_id(self, name: Token, token: Token) -> s.TargetDef:
-        return s.TargetDef(
-            self._name(name), s.TargetIs(int(token.value[1:]), **self._at(token)), **self._at(name)
-        )
+        return s.TargetDef(self._name(name), s.TargetIs(int(token.value[1:]), **self._at(token)), **self._at(name))
 
     def target_in(self, name: Token, expr: s.SetExpr) -> s.TargetDef:
         return s.TargetDef(self._name(name), s.TargetIn(expr, **self._at(expr)), **self._at(name))
@@ -205,17 +197,11 @@ class _ToSyntax(Transformer[Token, Any]):
         return s.ExplicitSet(tuple(e for e in entries if e is not None), **self._at(brace))
 
     def set_entry(self, token: Token, weight: Token | None) -> s.SetEntry:
-        value = (
-            self._string(token)
-            if token.type == "STRING"
-            else self._integer(token, "a token id", minimum=0)
-        )
+        value = self._string(token) if token.type == "STRING" else self._integer(token, "a token id", minimum=0)
         return s.SetEntry(value, None if weight is None else _number(weight), **self._at(token))
 
     def call(self, name: Token, *args: s.CallArg | None) -> s.SetCall:
-        return s.SetCall(
-            self._name(name), tuple(a for a in args if a is not None), **self._at(name)
-        )
+        return s.SetCall(self._name(name), tuple(a for a in args if a is not None), **self._at(name))
 
     def number_arg(self, token: Token) -> s.NumberArg:
         return s.NumberArg(_number(token), **self._at(token))
@@ -252,9 +238,7 @@ class _ToSyntax(Transformer[Token, Any]):
         )  # type: ignore[arg-type]
 
     def repeat(self, item: s.Item, star: Token, count: Token) -> s.Repeat:
-        return s.Repeat(
-            item, self._integer(count, "a repetition count", minimum=1), **self._at(star)
-        )
+        return s.Repeat(item, self._integer(count, "a repetition count", minimum=1), **self._at(star))
 
     def literal(self, token: Token) -> s.TextItem:
         return s.TextItem(self._string(token), **self._at(token))

@@ -53,9 +53,7 @@ class TokenSetEvaluator:
     @cached_property
     def _plain_ids(self) -> torch.Tensor:
         special = set(self.vocab.special_tokens.values())
-        return torch.tensor(
-            [i for i in range(self.vocab.size) if i not in special], dtype=torch.int64
-        )
+        return torch.tensor([i for i in range(self.vocab.size) if i not in special], dtype=torch.int64)
 
     @cached_property
     def _by_string(self) -> dict[str, int]:
@@ -138,9 +136,7 @@ class TokenSetEvaluator:
             return TokenSet.of(ids), "the union is empty"
         return TokenSet.of(ids, torch.cat([left.weights, right.weights])), "the union is empty"
 
-    def _predicate(
-        self, test: Callable[[str], bool], ids: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _predicate(self, test: Callable[[str], bool], ids: torch.Tensor | None = None) -> torch.Tensor:
         """A mask over ``ids`` (default: the non-special ids) of the tokens passing ``test``."""
         ids = self._plain_ids if ids is None else ids
         return torch.tensor([test(self._strings[i]) for i in ids.tolist()], dtype=torch.bool)
@@ -150,9 +146,7 @@ class TokenSetEvaluator:
             return re.compile(pattern)
         except re.error as exc:
             # the node starts at the opening slash; point at the offending character of the pattern
-            raise self.source.error(
-                node, f"invalid regular expression: {exc.msg}", offset=1 + (exc.pos or 0)
-            ) from None
+            raise self.source.error(node, f"invalid regular expression: {exc.msg}", offset=1 + (exc.pos or 0)) from None
 
     def _filter(self, condition: s.Filter) -> Callable[[str], bool]:
         if isinstance(condition, s.LenFilter):
@@ -185,24 +179,17 @@ class TokenSetEvaluator:
                 'write {"He": 0.5, "She": 0.5} or {"He", "She"}',
             )
         ids = [
-            self.token_id(e.token, e) if isinstance(e.token, str) else self.check_id(e.token, e)
-            for e in expr.entries
+            self.token_id(e.token, e) if isinstance(e.token, str) else self.check_id(e.token, e) for e in expr.entries
         ]
         if not any(weighted):
             return TokenSet.of(ids)
-        return TokenSet.of(
-            ids, [self.check_weight(e.weight, e) for e in expr.entries if e.weight is not None]
-        )
+        return TokenSet.of(ids, [self.check_weight(e.weight, e) for e in expr.entries if e.weight is not None])
 
     def check_weight(self, weight: int | float, node: s.Node) -> float:
         """``weight`` if it is a positive finite number; else a DslError at ``node``."""
         if not math.isfinite(weight) or weight <= 0:
-            hint = (
-                "to leave it out, delete it instead of giving it weight 0" if weight == 0 else None
-            )
-            raise self.source.error(
-                node, f"a weight must be positive and finite, got {format_number(weight)}", hint
-            )
+            hint = "to leave it out, delete it instead of giving it weight 0" if weight == 0 else None
+            raise self.source.error(node, f"a weight must be positive and finite, got {format_number(weight)}", hint)
         return float(weight)
 
     def _call(self, call: s.SetCall) -> TokenSet:
@@ -234,24 +221,18 @@ class TokenSetEvaluator:
 
     def _checked(self, result: object, call: s.SetCall) -> TokenSet:
         if not isinstance(result, TokenSet):
-            raise self.source.error(
-                call, f"{call.name}() returned {type(result).__name__}, not a TokenSet"
-            )
+            raise self.source.error(call, f"{call.name}() returned {type(result).__name__}, not a TokenSet")
         ids = result.ids
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab.size):
             raise self.source.error(
                 call,
-                f"{call.name}() returned token ids outside the vocabulary "
-                f"(ids 0..{self.vocab.size - 1})",
+                f"{call.name}() returned token ids outside the vocabulary (ids 0..{self.vocab.size - 1})",
             )
         weights = result.weights
         if weights is not None and (
-            weights.numel() != ids.numel()
-            or not bool((torch.isfinite(weights) & (weights > 0)).all())
+            weights.numel() != ids.numel() or not bool((torch.isfinite(weights) & (weights > 0)).all())
         ):
-            raise self.source.error(
-                call, f"{call.name}() returned weights that are not all positive and finite"
-            )
+            raise self.source.error(call, f"{call.name}() returned weights that are not all positive and finite")
         return result
 
     def _top(self, call: s.SetCall) -> TokenSet:
@@ -263,11 +244,7 @@ class TokenSetEvaluator:
                 usage,
             )
         count, expr = call.args
-        if (
-            not isinstance(count, s.NumberArg)
-            or not isinstance(count.value, int)
-            or count.value < 1
-        ):
+        if not isinstance(count, s.NumberArg) or not isinstance(count.value, int) or count.value < 1:
             shown = format_number(count.value) if isinstance(count, s.NumberArg) else "a set"
             raise self.source.error(count, f"top() needs a count of at least 1, got {shown}", usage)
         base = self.evaluate(expr)

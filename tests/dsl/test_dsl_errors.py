@@ -131,9 +131,7 @@ CASES = [
     pytest.param(
         "tokens t = {1} ; {2}",
         None,
-        "<spec>:1:16: error: unexpected character ';'\n"
-        "    tokens t = {1} ; {2}\n"
-        "                   ^",
+        "<spec>:1:16: error: unexpected character ';'\n    tokens t = {1} ; {2}\n                   ^",
         id="unexpected_character",
     ),
     pytest.param(
@@ -459,6 +457,15 @@ CASES = [
         "                ^",
         id="unknown_special",
     ),
+    pytest.param(
+        'dist main = BOS {"He", "She"}',
+        None,
+        "<spec>:1:17: error: unexpected '{'; expected one of '(', ')', '*', '@', '[', '|', a name, a string\n"
+        '    dist main = BOS {"He", "She"}\n'
+        "                    ^\n"
+        '  hint: a token set as one position of a dist goes in brackets, as in: [{"He", "She"}]',
+        id="set_in_dist",
+    ),
 ]
 
 
@@ -516,9 +523,7 @@ def test_resolver_returning_bad_weights_is_located() -> None:
     from lowprob.core.tokenset import TokenSet
 
     def nan_weights(vocab, *args):
-        return TokenSet(
-            torch.tensor([2, 3]), torch.tensor([1.0, float("nan")], dtype=torch.float64)
-        )
+        return TokenSet(torch.tensor([2, 3]), torch.tensor([1.0, float("nan")], dtype=torch.float64))
 
     def not_a_set(vocab, *args):
         return [2, 3]
@@ -526,10 +531,7 @@ def test_resolver_returning_bad_weights_is_located() -> None:
     resolvers = {"nan_weights": nan_weights, "not_a_set": not_a_set}
     with pytest.raises(DslError) as caught:
         load_spec("tokens t = nan_weights()", make_vocab(), resolvers)
-    assert (
-        caught.value.message
-        == "nan_weights() returned weights that are not all positive and finite"
-    )
+    assert caught.value.message == "nan_weights() returned weights that are not all positive and finite"
     with pytest.raises(DslError) as caught:
         load_spec('tokens t = {2} | not_a_set(1, 2.5, "x", vocab())', make_vocab(), resolvers)
     assert caught.value.message == "not_a_set() returned list, not a TokenSet"
