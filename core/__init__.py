@@ -8,12 +8,12 @@ from lowprob.core.distribution import Block, Categorical, InputDistribution
 from lowprob.core.errors import BudgetError, LowprobError, UnknownNameError, WeightError
 from lowprob.core.estimate import ConfidenceInterval, Estimate, Provenance, TracePoint
 from lowprob.core.estimator import (
-    StepContext,
     Capabilities,
     Estimator,
     EstimatorOptions,
     EstimatorOutput,
     Problem,
+    StepContext,
     StepInfo,
 )
 from lowprob.core.meter import Cost, MeteredModel

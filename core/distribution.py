@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
-
 from lowprob.core.errors import LowprobError, WeightError
 
 MAX_COMPONENTS = 4096

@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-
 from lowprob.core.model import ModelAdapter
 from lowprob.core.target import Target
+from lowprob.core.vocabulary import Vocabulary
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class MeteredModel:
         return Cost(self._forward, self._backward, self._seconds)
 
     @property
-    def vocab(self):  # type: ignore[no-untyped-def]
+    def vocab(self) -> Vocabulary:
         return self.adapter.vocab
 
     @property

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import torch
-
 from lowprob.core.budget import Budget
 from lowprob.core.errors import BudgetError, WeightError
 from lowprob.core.estimate import Estimate, Provenance, TracePoint

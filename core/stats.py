@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
-
 from lowprob.core.errors import LowprobError
+from scipy import stats
 
 
 def _check_level(level: float) -> None:

@@ -35,7 +35,23 @@ _EXPORTS = {
     "load_registry": "lowprob.plugins",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "Budget",
+    "Capabilities",
+    "Estimate",
+    "Estimator",
+    "EstimatorOptions",
+    "EstimatorOutput",
+    "LowprobError",
+    "Problem",
+    "StepContext",
+    "StepInfo",
+    "__version__",
+    "estimate",
+    "hookimpl",
+    "load_registry",
+    "run_estimator",
+]
 
 if TYPE_CHECKING:
     from lowprob.api import estimate

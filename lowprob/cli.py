@@ -12,13 +12,19 @@ import click
 import torch
 
 from lowprob import __version__
-from lowprob.api import SpecSource, as_budget, compile_problem, compile_source, resolve_spec, run_problem
+from lowprob.api import (
+    SpecSource,
+    compile_problem,
+    compile_source,
+    resolve_spec,
+    run_problem,
+)
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Problem
 from lowprob.core.progress import progress_bar
-from lowprob.experiments import pending, plan, result_row, run
+from lowprob.experiments import pending, plan, run
 from lowprob.plugins import Registry, load_registry, plugin_infos
 from lowprob.report import format_table, summary_table
 from lowprob.results import ResultsFile

@@ -34,7 +34,7 @@ def summary_table(rows: Iterable[dict[str, Any]]) -> str:
     The ± is the standard error of the mean across seeds; a group whose estimates are all zero shows the
     largest upper confidence bound instead.
     """
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         budget = ",".join(f"{k}={v}" for k, v in sorted(row["budget"].items()) if k != "backward_weight")
         key = (row["model"], row["distribution"], row["target"], row["estimator"], budget)

@@ -70,7 +70,8 @@ class ResultsFile:
             fh.seek(-1, os.SEEK_END)
             if fh.read(1) == b"\n":
                 return
-            data = fh.seek(0) or fh.read()
+            fh.seek(0)
+            data = fh.read()
             cut = data.rfind(b"\n") + 1
             fh.truncate(cut)
             log.warning("%s: removed an incomplete last line left by an interrupted run", self.path)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from lowprob.core.budget import Budget
 from lowprob.core.distribution import Categorical, InputDistribution
 from lowprob.core.estimate import Estimate
@@ -34,7 +33,7 @@ def tiny_model(d_vocab: int = 6, n_ctx: int = 8, n_layers: int = 1, d_model: int
 
     cfg = dict(n_layers=n_layers, d_model=d_model, n_heads=2, d_head=d_model // 2, d_mlp=4 * d_model,
                n_ctx=n_ctx, d_vocab=d_vocab, act_fn="gelu", normalization_type="LN", seed=seed)
-    bridge = TransformerBridge.boot_native(cfg)
+    bridge = TransformerBridge.boot_native(cfg)  # type: ignore[attr-defined]
     vocab = ListVocabulary([chr(ord("a") + i) for i in range(d_vocab)])
     return ModelAdapter(bridge, vocab, f"tiny-{n_layers}l-v{d_vocab}-s{seed}")
 

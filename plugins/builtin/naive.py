@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field
-
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.estimator import (
@@ -22,6 +20,8 @@ from lowprob.core.estimator import (
 )
 from lowprob.core.stats import clopper_pearson, wilson
 from lowprob.plugins.hookspecs import hookimpl
+from lowprob.plugins.registry import Registrar
+from pydantic import Field
 
 
 class NaiveOptions(EstimatorOptions):
@@ -87,6 +87,6 @@ def _std_error(state: NaiveState) -> float | None:
 
 
 @hookimpl
-def register_estimators(registrar) -> None:  # type: ignore[no-untyped-def]
+def register_estimators(registrar: Registrar) -> None:
     """Register the built-in naive Monte Carlo estimator."""
     registrar.add_estimator(NaiveMonteCarlo)

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from lowprob.core import Block, Categorical, InputDistribution, LowprobError, WeightError
 
 
