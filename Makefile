@@ -35,10 +35,10 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## Lint and type-check (the layering contract is tests/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy core dsl plugins lowprob
-	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis

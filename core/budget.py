@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from lowprob.core.errors import BudgetError
 from lowprob.core.meter import Cost
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Budget(BaseModel):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
+
 from lowprob.core.errors import LowprobError, WeightError
 
 MAX_COMPONENTS = 4096

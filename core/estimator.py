@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.meter import MeteredModel
 from lowprob.core.target import Target
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class EstimatorOptions(BaseModel):

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+
 from lowprob.core.model import ModelAdapter
 from lowprob.core.target import Target
 from lowprob.core.vocabulary import Vocabulary

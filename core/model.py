@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
 from lowprob.core.errors import LowprobError
 from lowprob.core.target import Target
 from lowprob.core.vocabulary import Vocabulary

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import torch
+
 from lowprob.core.budget import Budget
 from lowprob.core.errors import BudgetError, WeightError
 from lowprob.core.estimate import Estimate, Provenance, TracePoint

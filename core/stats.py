@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from lowprob.core.errors import LowprobError
 from scipy import stats
+
+from lowprob.core.errors import LowprobError
 
 
 def _check_level(level: float) -> None:

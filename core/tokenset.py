@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
 from lowprob.core.errors import WeightError
 from lowprob.core.vocabulary import Vocabulary
 

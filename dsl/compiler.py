@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+
 from lowprob.core.distribution import Block, Categorical, InputDistribution
 from lowprob.core.errors import LowprobError
 from lowprob.core.target import ArgmaxIn, ArgmaxIs, Target

@@ -8,7 +8,9 @@ recognised from what the parser expected and the text before the error, as they 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from lark import Tree
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 MISSING_EQUALS = "write '=' between the name and its definition, as in: tokens hex = /^[0-9a-f]+$/"
@@ -57,7 +59,7 @@ _EXAMPLES = {hint: [*bad, *(f"tokens x = vocab()\n{b}" for b in bad)] for hint, 
 _CLOSERS = {"RSQB": "]", "RBRACE": "}", "RPAR": ")"}
 
 
-def hint_for(error: UnexpectedInput, parse: Callable[[str], object], text: str) -> str | None:
+def hint_for(error: UnexpectedInput, parse: Callable[[str], Tree[Any]], text: str) -> str | None:
     """The hint for a syntax error, or ``None`` when no known mistake matches."""
     if isinstance(error, UnexpectedToken):
         expected = set(error.expected)
@@ -75,10 +77,8 @@ def hint_for(error: UnexpectedInput, parse: Callable[[str], object], text: str) 
         if closers and error.token.type in {"$END", "TOKENS", "DIST", "TARGET"}:
             return f"a bracket is not closed: add {closers[0]!r}"
         return None
-    char, following = (
-        text[error.pos_in_stream],
-        text[error.pos_in_stream + 1 : error.pos_in_stream + 2],
-    )
+    pos = error.pos_in_stream or 0
+    char, following = text[pos], text[pos + 1 : pos + 2]
     if char == "/" and following == "/":
         return "a regular expression needs at least one character; for every token use vocab()"
     if char == '"':

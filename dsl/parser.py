@@ -10,6 +10,7 @@ from typing import Any
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 from lark.lexer import PatternStr
+
 from lowprob.dsl import syntax as s
 from lowprob.dsl.errors import DslError, SourceText
 from lowprob.dsl.hints import hint_for
@@ -64,8 +65,9 @@ def parse(text: str, filename: str = "<spec>") -> s.Spec:
 def _syntax_error(exc: UnexpectedInput, source: SourceText) -> DslError:
     hint = hint_for(exc, _lark().parse, source.text)
     if isinstance(exc, UnexpectedCharacters):
-        char = source.text[exc.pos_in_stream]
-        if char == "/" and source.text[exc.pos_in_stream + 1 : exc.pos_in_stream + 2] == "/":
+        pos = exc.pos_in_stream or 0
+        char = source.text[pos]
+        if char == "/" and source.text[pos + 1 : pos + 2] == "/":
             message = "empty regular expression"
         else:
             message = {'"': "unterminated string", "/": "unterminated regular expression"}.get(
@@ -118,7 +120,7 @@ def decode_string(token: Token, source: SourceText) -> str:
         else:
             raise source.error_at(
                 token.line,
-                token.column + 1 + i,
+                (token.column or 1) + 1 + i,
                 f"unknown escape '\\{nxt}' in a string",
                 'the escapes are \\" \\\\ \\n \\t and \\xNN (two hex digits)',
             )
@@ -185,7 +187,7 @@ class _ToSyntax(Transformer[Token, Any]):
         return s.Where(expr, condition, **self._at(keyword))
 
     def set_op(self, left: s.SetExpr, op: Token, right: s.SetExpr) -> s.SetOp:
-        return s.SetOp(op.value, left, right, **self._at(op))  # type: ignore[arg-type]
+        return s.SetOp(op.value, left, right, **self._at(op))
 
     def set_ref(self, name: Token) -> s.SetRef:
         return s.SetRef(self._name(name), **self._at(name))
@@ -211,16 +213,16 @@ class _ToSyntax(Transformer[Token, Any]):
 
     # ---- filters
     def bool_filter(self, left: s.Filter, op: Token, right: s.Filter) -> s.BoolFilter:
-        return s.BoolFilter(op.value, left, right, **self._at(op))  # type: ignore[arg-type]
+        return s.BoolFilter(op.value, left, right, **self._at(op))
 
     def not_filter(self, keyword: Token, operand: s.Filter) -> s.NotFilter:
         return s.NotFilter(operand, **self._at(keyword))
 
     def len_filter(self, keyword: Token, op: Token, value: Token) -> s.LenFilter:
-        return s.LenFilter(op.value, _number(value), **self._at(keyword))  # type: ignore[arg-type]
+        return s.LenFilter(op.value, _number(value), **self._at(keyword))
 
     def affix_filter(self, keyword: Token, text: Token) -> s.AffixFilter:
-        return s.AffixFilter(keyword.value, self._string(text), **self._at(keyword))  # type: ignore[arg-type]
+        return s.AffixFilter(keyword.value, self._string(text), **self._at(keyword))
 
     def matches_filter(self, _keyword: Token, regex: Token) -> s.MatchesFilter:
         return s.MatchesFilter(regex.value[1:-1], **self._at(regex))
@@ -233,9 +235,9 @@ class _ToSyntax(Transformer[Token, Any]):
         *items, weight = parts
         return s.Branch(
             tuple(items),
-            None if weight is None else _number(weight),  # type: ignore[arg-type]
+            None if weight is None else _number(weight),
             **self._at(items[0]),
-        )  # type: ignore[arg-type]
+        )
 
     def repeat(self, item: s.Item, star: Token, count: Token) -> s.Repeat:
         return s.Repeat(item, self._integer(count, "a repetition count", minimum=1), **self._at(star))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 
 import torch
+
 from lowprob.core.errors import LowprobError
 from lowprob.core.tokenset import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary, token_strings

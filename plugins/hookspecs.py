@@ -8,6 +8,7 @@ records the plugin (and version) that provided it.
 from __future__ import annotations
 
 import pluggy
+
 from lowprob.plugins.registry import Registrar
 
 hookspec = pluggy.HookspecMarker("lowprob")

@@ -11,6 +11,7 @@ plugin state. Environment switches (read on every call):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 import os
@@ -20,11 +21,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pluggy
+from pydantic import BaseModel, ConfigDict
+
 from lowprob.core.errors import LowprobError
 from lowprob.plugins import hookspecs
 from lowprob.plugins.builtin import BUILTIN_MODULES
 from lowprob.plugins.registry import Kind, PluginError, PluginMeta, Registrar, Registry, empty_table
-from pydantic import BaseModel, ConfigDict
 
 ENTRY_POINT_GROUP = "lowprob"
 BLOCK_ENV = "LOWPROB_BLOCK_PLUGINS"
@@ -119,6 +121,10 @@ def _entry_point_candidates() -> Iterator[_Candidate]:
         )
 
 
+def _identity(obj: object) -> object:
+    return obj
+
+
 def _extra_candidates(plugins: Sequence[object]) -> Iterator[_Candidate]:
     for plugin in plugins:
         name = getattr(plugin, "__name__", None) or type(plugin).__name__
@@ -127,7 +133,7 @@ def _extra_candidates(plugins: Sequence[object]) -> Iterator[_Candidate]:
             frozenset({name}),
             str(getattr(plugin, "__version__", "")),
             "extra",
-            lambda plugin=plugin: plugin,
+            functools.partial(_identity, plugin),
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from lowprob.core.budget import Budget
 from lowprob.core.distribution import Categorical, InputDistribution
 from lowprob.core.estimate import Estimate

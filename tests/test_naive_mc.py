@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lowprob.core import Budget
 from lowprob.core.estimator import StepInfo
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo, NaiveState

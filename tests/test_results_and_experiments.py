@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+
+from lowprob import experiments
 from lowprob.core import LowprobError
 from lowprob.plugins import hookimpl, load_registry
 from lowprob.plugins.testing import tiny_model
-
-from lowprob import experiments
 from lowprob.results import ResultsFile, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,8 @@ def random_model(name: str, n_layers: int, seed: int) -> ModelAdapter:
         normalization_type="LN",
         seed=seed,
     )
-    return ModelAdapter(TransformerBridge.boot_native(config), vocab, name)
+    bridge = TransformerBridge.boot_native(config)  # type: ignore[attr-defined]
+    return ModelAdapter(bridge, vocab, name)
 
 
 @hookimpl

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import Field
+
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.estimator import (
@@ -21,7 +23,6 @@ from lowprob.core.estimator import (
 from lowprob.core.stats import clopper_pearson, wilson
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
-from pydantic import Field
 
 
 class NaiveOptions(EstimatorOptions):

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from lowprob.core import Budget, BudgetError, Cost, WeightError, run_estimator
 from lowprob.core.estimator import Capabilities, Estimator, EstimatorOutput, StepInfo
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from lowprob.core import Block, Categorical, InputDistribution, LowprobError, WeightError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from dsl_vocab import ID, RESOLVERS, make_vocab
+
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.dsl import CompiledSpec, compile_spec, load_spec, parse

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dsl_vocab import RESOLVERS, make_vocab
+
 from lowprob.dsl import DslError, load_spec
 
 DOC = Path(__file__).parents[2] / "docs" / "dsl.md"

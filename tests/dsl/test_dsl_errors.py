@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from dsl_vocab import RESOLVERS, make_vocab
+
 from lowprob.core.errors import LowprobError
 from lowprob.dsl import DslError, load_spec
 
@@ -520,6 +521,7 @@ def test_choosing_a_missing_target() -> None:
 
 def test_resolver_returning_bad_weights_is_located() -> None:
     import torch
+
     from lowprob.core.tokenset import TokenSet
 
     def nan_weights(vocab, *args):

@@ -7,6 +7,7 @@ import contextlib
 from dsl_vocab import RESOLVERS, make_vocab
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from lowprob.dsl import (
     AffixFilter,
     BoolFilter,

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 from dsl_vocab import RESOLVERS, make_vocab
-from lowprob.dsl import load_spec
 from scipy.stats import chisquare
+
+from lowprob.dsl import load_spec
 
 SPECS = {
     "factorized": 'dist main = BOS [{"He": 1, "She": 3}] weighted({"a", "b", "c"}, freq("stdlib"))',

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from lowprob.plugins import hookimpl
 
 REPO = Path(__file__).resolve().parents[2]

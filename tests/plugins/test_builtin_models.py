@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lowprob.plugins import load_registry
 from lowprob.plugins.builtin.tokenizers import default_vocabulary
 

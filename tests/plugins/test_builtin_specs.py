@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lowprob.core.errors import LowprobError
 from lowprob.dsl import load_spec
 from lowprob.plugins import load_registry

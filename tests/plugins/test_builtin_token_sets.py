@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 
 import pytest
+
 from lowprob.core.vocabulary import ListVocabulary
 from lowprob.plugins import load_registry
 from lowprob.plugins.builtin.tokenizers import default_vocabulary

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lowprob.core import Budget, LowprobError, run_estimator
 from lowprob.core.distribution import Block, Categorical, InputDistribution
 from lowprob.core.estimator import Problem

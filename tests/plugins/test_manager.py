@@ -9,6 +9,7 @@ import textwrap
 from importlib import metadata
 
 import pytest
+
 from lowprob.core.tokenset import TokenSet
 from lowprob.plugins import PluginError, load_registry, plugin_infos
 from lowprob.plugins import manager as manager_module

@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+
 from lowprob.plugins import hookspecs, load_registry
 from lowprob.plugins.hookspecs import HOOK_NAMES
 

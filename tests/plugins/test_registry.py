@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lowprob.core.errors import UnknownNameError
 from lowprob.core.tokenset import TokenSet
 from lowprob.plugins import Kind, PluginError, load_registry

@@ -1,7 +1,6 @@
 """Example lowprob plugin: the ``uniform-is`` estimator, found via the ``lowprob`` entry point."""
 
 from lowprob.plugins import Registrar, hookimpl
-
 from lowprob_example_plugin.uniform_is import UniformImportanceSampling
 
 __version__ = "0.1.0"

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+from pydantic import Field
+
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.estimator import (
@@ -23,7 +25,6 @@ from lowprob.core.estimator import (
     StepInfo,
 )
 from lowprob.core.stats import clopper_pearson, normal_interval
-from pydantic import Field
 
 
 class UniformISOptions(EstimatorOptions):
