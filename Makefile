@@ -28,9 +28,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-## Slow tests only (installing the example plugin into a scratch directory, long statistical runs).
+## Tests marked slow only (long statistical runs); exit status 5 (none selected) counts as success.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
