@@ -130,11 +130,10 @@ class Block:
             comp_w.extend((w * merged.weights).tolist())
         if len(lengths) != 1:
             raise LowprobError(f"{what} must all have the same number of tokens; got lengths {sorted(lengths)}")
+        block = Block(torch.tensor(comp_w, dtype=torch.float64), tuple(comps))
         if lengths == {1}:  # single-token alternatives are just one categorical: keep it factorized
-            ids = torch.cat([c[0].ids for c in comps])
-            w = torch.cat([wk * c[0].probs for wk, c in zip(comp_w, comps, strict=True)])
-            return Block.position(Categorical.from_weights(ids, w, what))
-        return Block(torch.tensor(comp_w, dtype=torch.float64), tuple(comps))
+            return Block.position(block.marginals()[0])
+        return block
 
     @staticmethod
     def concat(blocks: Sequence[Block]) -> Block:

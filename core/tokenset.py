@@ -23,6 +23,14 @@ class TokenSet:
     ids: torch.Tensor
     weights: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            return
+        if self.weights.shape != self.ids.shape:
+            raise WeightError(f"token set: {self.ids.numel()} ids but {self.weights.numel()} weights")
+        if not (torch.isfinite(self.weights).all() and (self.weights > 0).all()):
+            raise WeightError("token set: weights must be finite and positive")
+
     @staticmethod
     def of(ids: Sequence[int] | torch.Tensor, weights: Sequence[float] | torch.Tensor | None = None,
            what: str = "token set") -> TokenSet:

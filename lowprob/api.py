@@ -116,7 +116,7 @@ def run_problem(registry: Registry, problem: Problem, estimator: str, options: M
                 budget: Budget, seed: int, *, level: float = 0.95, progress: bool | None = None) -> Estimate:
     """Run a registered estimator by name on a compiled problem, recording which plugin provided it."""
     cls = registry.estimator(estimator)
-    entry = next(e for e in registry.entries("estimators") if e.name == estimator)
+    entry = registry.entry("estimators", estimator)
     provenance = {"plugin": entry.plugin, "plugin_version": entry.version, "lowprob_version": __version__}
     return run_estimator(cls(options), problem, budget, seed, level=level, progress=progress,
                          provenance=provenance)

@@ -533,7 +533,7 @@ def test_resolver_returning_bad_weights_is_located() -> None:
     resolvers = {"nan_weights": nan_weights, "not_a_set": not_a_set}
     with pytest.raises(DslError) as caught:
         load_spec("tokens t = nan_weights()", make_vocab(), resolvers)
-    assert caught.value.message == "nan_weights() returned weights that are not all positive and finite"
+    assert caught.value.message == "nan_weights() failed: token set: weights must be finite and positive"
     with pytest.raises(DslError) as caught:
         load_spec('tokens t = {2} | not_a_set(1, 2.5, "x", vocab())', make_vocab(), resolvers)
     assert caught.value.message == "not_a_set() returned list, not a TokenSet"
