@@ -16,11 +16,16 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lowprob.core.budget import Budget
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.meter import MeteredModel
 from lowprob.core.target import Target
+
+
+PAPER_MODEL_CALLS = 2**16
+"""The per-estimate budget of Wu & Hilton (2025): "a computational budget of 2^16 model calls"."""
 
 
 class EstimatorOptions(BaseModel):
@@ -120,6 +125,12 @@ class Estimator(ABC, Generic[S]):
             known = ", ".join(cls.Options.model_fields) or "(none)"
             raise LowprobError(
                 f"invalid options for estimator {cls.name!r}: {problems} (known options: {known})") from None
+
+    @classmethod
+    def paper_budget(cls) -> Budget:
+        """The budget Wu & Hilton (2025) gave this kind of method: 2^16 model calls, backward passes not
+        charged (``backward_weight=0``). Estimators whose paper accounting differs (MHIS) override this."""
+        return Budget(model_calls=PAPER_MODEL_CALLS, backward_weight=0.0)
 
     def min_step_calls(self, backward_weight: float) -> float:
         """Model calls needed for the smallest useful step (one forward pass by default)."""
