@@ -1,7 +1,9 @@
 """Conformance kit for estimator authors: toy problems small enough to enumerate, and checks against them.
 
-A toy problem is a tiny TransformerLens-native model (a handful of tokens, a few positions) with an input
-distribution whose every sequence can be run through the model, so the exact target probability is known.
+A toy problem is a tiny model (a handful of tokens, a few positions) with an input distribution whose every
+sequence can be run through the model, so the exact target probability is known. Two kinds of model: tiny
+random TransformerLens-native transformers, and lookup-table models whose logits are a sum of per-position
+table rows (so token gradients are exact, which makes gradient-guided proposals easy to reason about).
 ``check_unbiased`` and ``check_error_bars`` run an estimator on it with fixed seeds and judge it with a
 tolerance derived from the estimator's own spread, so a biased estimator fails them.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,49 @@ def tiny_model(d_vocab: int = 6, n_ctx: int = 8, n_layers: int = 1, d_model: int
     bridge = TransformerBridge.boot_native(cfg)  # type: ignore[attr-defined]
     vocab = ListVocabulary([chr(ord("a") + i) for i in range(d_vocab)])
     return ModelAdapter(bridge, vocab, f"tiny-{n_layers}l-v{d_vocab}-s{seed}")
+
+
+class LookupTableModel(torch.nn.Module):
+    """A stand-in for a TransformerLens model: last-position logits = Σ_i table[i, x_i, :].
+
+    It speaks the part of the TransformerLens interface :class:`ModelAdapter` uses (``cfg``, ``W_E``,
+    ``W_U``, calling, ``run_with_hooks`` with ``hook_embed`` and ``ln_final.hook_out``). The embedding is the
+    identity (``d_model == d_vocab``), so the token-gradient score G[i, v] is exactly ``table[i, v, t]``.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        positions, d_vocab, _ = table.shape
+        self.table = torch.nn.Parameter(table.to(torch.float32), requires_grad=False)
+        self.W_E = torch.nn.Parameter(torch.eye(d_vocab), requires_grad=False)
+        self.W_U = torch.nn.Parameter(torch.eye(d_vocab), requires_grad=False)
+        self.cfg = type("Config", (), {"n_ctx": positions, "d_vocab": d_vocab, "d_model": d_vocab})()
+
+    def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, Any]] = ()) -> torch.Tensor:
+        hooks = dict(fwd_hooks)
+        embed = self.W_E[tokens]
+        if "hook_embed" in hooks:
+            embed = hooks["hook_embed"](embed, None)
+        n = tokens.shape[1]
+        last = torch.einsum("bpd,pdv->bv", embed, self.table[-n:]) if n else torch.zeros(0)
+        if "ln_final.hook_out" in hooks:
+            resid = torch.zeros(tokens.shape[0], n, self.cfg.d_model)
+            resid[:, -1] = last
+            last = hooks["ln_final.hook_out"](resid, None)[:, -1]
+        logits = torch.zeros(tokens.shape[0], n, self.cfg.d_vocab)
+        logits[:, -1] = last @ self.W_U
+        return logits
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.run_with_hooks(tokens)
+
+
+def lookup_model(positions: int = 3, d_vocab: int = 5, seed: int = 0, scale: float = 2.0) -> ModelAdapter:
+    """A seeded random :class:`LookupTableModel` over the letters ``a, b, c, ...``."""
+    gen = torch.Generator().manual_seed(seed)
+    table = scale * torch.randn(positions, d_vocab, d_vocab, generator=gen)
+    vocab = ListVocabulary([chr(ord("a") + i) for i in range(d_vocab)])
+    return ModelAdapter(LookupTableModel(table), vocab, f"lookup-p{positions}-v{d_vocab}-s{seed}")
 
 
 def exact_probability(model: ModelAdapter, distribution: InputDistribution, target: Target) -> float:
@@ -141,6 +186,30 @@ def check_error_bars(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budge
     passed = covered / n >= floor
     return CheckReport(passed, f"coverage {covered}/{n} = {covered / n:.3f}; floor {floor:.3f} "
                                f"(nominal {level})", estimates)
+
+
+def check_consistent(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budgets: Sequence[Budget],
+                     seeds: range = range(20), options: Mapping[str, Any] | None = None) -> CheckReport:
+    """The root-mean-square error against the exact value shrinks as the budget grows (for MCMC-type
+    estimators, which are consistent but not unbiased).
+
+    Passes when the RMSE at the largest budget is below the RMSE at the smallest one by more than the
+    sampling noise of the RMSE estimates themselves (each RMSE's standard error from its replicates).
+    """
+    rmses, noise, everything = [], [], []
+    for budget in budgets:
+        estimates = replicate(estimator_cls, toy, budget, seeds, options)
+        everything += estimates
+        sq = [(e.value - toy.exact) ** 2 for e in estimates]
+        mse = statistics.fmean(sq)
+        rmse = math.sqrt(mse)
+        rmses.append(rmse)
+        # delta method: s.e.(sqrt(m)) = s.e.(m) / (2 sqrt(m))
+        noise.append(statistics.stdev(sq) / math.sqrt(len(sq)) / (2 * rmse) if rmse > 0 else 0.0)
+    passed = rmses[-1] + 2 * noise[-1] < rmses[0] - 2 * noise[0]
+    detail = "RMSE by budget: " + ", ".join(
+        f"{b.describe()}: {r:.3g} ± {n:.2g}" for b, r, n in zip(budgets, rmses, noise, strict=True))
+    return CheckReport(passed, detail, everything)
 
 
 def check_sane(estimate: Estimate) -> list[str]:
