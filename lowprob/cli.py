@@ -94,6 +94,8 @@ budget_options = [
                  help="Stop once the relative standard error falls to this."),
     click.option("--backward-weight", type=float, default=2.0, show_default=True,
                  help="Cost of one backward pass in forward passes."),
+    click.option("--paper-budget", is_flag=True,
+                 help="The estimator's budget in Wu & Hilton (2025): 2^16 calls, backward passes not charged."),
 ]
 
 
@@ -134,7 +136,8 @@ def main(verbose: bool) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
 def estimate(spec: str, model: str | None, distribution: str | None, target: str | None, estimator: str,
              options: tuple[str, ...], budget_calls: int | None, budget_seconds: float | None,
-             budget_rel_error: float | None, backward_weight: float, seed: int, level: float, samples: int,
+             budget_rel_error: float | None, backward_weight: float, paper_budget: bool, seed: int, level: float,
+             samples: int,
              output: Path | None, as_json: bool, progress: bool | None) -> None:
     """Estimate one probability: SPEC is a spec file, a registered distribution, or DSL text.
 
@@ -143,11 +146,15 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
       lowprob estimate hex-demo --target 'argmax == "ff"' --budget-calls 200000 --seed 1
       lowprob estimate my.lp --estimator uniform-is -o batch_size=512 --budget-seconds 30
     """
-    if budget_calls is None and budget_seconds is None and budget_rel_error is None:
-        budget_calls = 100_000
-    budget = Budget(model_calls=budget_calls, seconds=budget_seconds, target_rel_error=budget_rel_error,
-                    backward_weight=backward_weight)
     registry = _registry()
+    given = budget_calls is not None or budget_seconds is not None or budget_rel_error is not None
+    if paper_budget:
+        if given:
+            raise LowprobError("--paper-budget replaces the other budget options; give one or the other")
+        budget = registry.estimator(estimator).paper_budget()
+    else:
+        budget = Budget(model_calls=100_000 if not given else budget_calls, seconds=budget_seconds,
+                        target_rel_error=budget_rel_error, backward_weight=backward_weight)
     problem = compile_problem(registry, resolve_spec(spec, registry), model=model, distribution=distribution,
                               target=target)
     if not as_json:

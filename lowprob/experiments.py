@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -58,6 +58,12 @@ class EstimatorEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class BudgetPreset(_Strict):
+    """A named budget resolved per estimator: ``paper`` is each method's budget in Wu & Hilton (2025)."""
+
+    preset: Literal["paper"]
+
+
 class ExperimentFile(_Strict):
     """The schema of an experiment TOML file."""
 
@@ -68,7 +74,7 @@ class ExperimentFile(_Strict):
     level: float = Field(default=0.95, gt=0, lt=1)
     distributions: list[DistributionEntry] = Field(min_length=1)
     estimators: list[EstimatorEntry] = Field(min_length=1)
-    budgets: list[Budget] = Field(min_length=1)
+    budgets: list[Budget | BudgetPreset] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,8 @@ def plan(path: Path | str, registry: Registry) -> Experiment:
                 key = (model, source.name, target)
                 problems[key] = compiled.problem(entry.distribution, target)
                 for est, budget, seed in itertools.product(spec.estimators, spec.budgets, spec.seeds):
+                    if isinstance(budget, BudgetPreset):
+                        budget = registry.estimator(est.name).paper_budget()
                     rows.append(Row(model, source.name, target, est, budget, seed, key))
         except LowprobError as exc:
             raise LowprobError(f"{path}: distribution '{source.name}' on model '{model}':\n{exc}") from None

@@ -176,3 +176,13 @@ model_calls = 1500
     assert len(after) == 12 and len({r["key"] for r in after}) == 12
     assert [json.dumps(r, sort_keys=True) for r in after[:len(before)]] == before
     assert sorted(r["seed"] for r in after) == list(range(12))
+
+
+def test_paper_budget_preset_resolves_per_estimator(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    path = _write_experiment(tmp_path, seeds=1)
+    path.write_text(path.read_text().replace("[[budgets]]\nmodel_calls = 300", '[[budgets]]\npreset = "paper"'))
+    exp = experiments.plan(path, registry)
+    assert {row.budget.model_calls for row in exp.rows} == {2**16}
+    assert {row.budget.backward_weight for row in exp.rows} == {0.0}
+    row = next(experiments.run(exp, registry))
+    assert row["estimate"]["forward_passes"] == 2**16
