@@ -2,6 +2,9 @@
 
 BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.naive",
+    "lowprob.plugins.builtin.extrapolation",
+    "lowprob.plugins.builtin.qld",
+    "lowprob.plugins.builtin.gld",
     "lowprob.plugins.builtin.models",
     "lowprob.plugins.builtin.token_sets",
     "lowprob.plugins.builtin.distributions",

@@ -75,7 +75,7 @@ def test_block_env_var(fake_entry_point, monkeypatch) -> None:  # type: ignore[n
     monkeypatch.setenv("LOWPROB_BLOCK_PLUGINS", " fake , lowprob.naive")
     registry = load_registry()
     assert "everything" not in registry.token_set_resolvers()
-    assert registry.entries("estimators") == []
+    assert "naive" not in [e.name for e in registry.entries("estimators")]
 
 
 def test_blocked_plugins_are_never_imported(monkeypatch) -> None:  # type: ignore[no-untyped-def]

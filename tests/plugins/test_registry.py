@@ -8,6 +8,7 @@ from lowprob.core.errors import UnknownNameError
 from lowprob.core.tokenset import TokenSet
 from lowprob.plugins import Kind, PluginError, load_registry
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo
+from lowprob.plugins.extrapolation import FitResult
 
 
 def _load(*plugins: object):  # type: ignore[no-untyped-def]
@@ -15,7 +16,7 @@ def _load(*plugins: object):  # type: ignore[no-untyped-def]
 
 
 def _fit(activations, W_U, target_ids, generator):  # type: ignore[no-untyped-def]  # noqa: N803
-    return 0.5
+    return FitResult(0.5)
 
 
 def test_typed_lookups_return_registered_objects(plugin) -> None:  # type: ignore[no-untyped-def]
@@ -34,10 +35,9 @@ def test_typed_lookups_return_registered_objects(plugin) -> None:  # type: ignor
 
 @pytest.mark.parametrize("kind", ["estimators", "estimator", Kind.ESTIMATOR])
 def test_entries_accepts_plural_singular_and_enum(kind) -> None:  # type: ignore[no-untyped-def]
-    entries = _load().entries(kind)
-    assert [e.name for e in entries] == ["naive"]
-    assert entries[0].plugin == "lowprob.naive"
-    assert entries[0].description.startswith("p̂ = hits / n")
+    entries = {e.name: e for e in _load().entries(kind)}
+    assert entries["naive"].plugin == "lowprob.naive"
+    assert entries["naive"].description.startswith("p̂ = hits / n")
 
 
 def test_entries_rejects_unknown_kind() -> None:
