@@ -50,8 +50,8 @@ class Provenance(BaseModel):
 class Estimate(BaseModel):
     """An estimate of ``Pr_{x~D}[M(x) hits the target]``.
 
-    ``value`` is the point estimate. With zero hits it is 0 and ``upper_bound`` (the upper end of the
-    confidence interval) is what to report; ``str()`` prints it as an upper bound. ``log10_value`` is ``None``
+    ``value`` is the point estimate. When it is 0 (e.g. no hits) ``upper_bound`` (the upper end of the
+    confidence interval) is what to report; ``summary()`` prints it as an upper bound. ``log10_value`` is ``None``
     when ``value`` is 0.
     """
 
@@ -76,8 +76,8 @@ class Estimate(BaseModel):
 
     @property
     def upper_bound(self) -> float | None:
-        """The upper confidence limit when there were no hits (what a zero estimate means), else ``None``."""
-        return self.ci.high if self.hits == 0 and self.ci is not None else None
+        """The upper confidence limit of a zero estimate (what a zero means), else ``None``."""
+        return self.ci.high if self.value == 0 and self.ci is not None else None
 
     @property
     def relative_error(self) -> float | None:
@@ -88,8 +88,8 @@ class Estimate(BaseModel):
     def summary(self) -> str:
         """One human-readable line: estimate or bound, interval, hits and cost."""
         level = f"{self.ci.level:.0%}" if self.ci else ""
-        if self.hits == 0 and self.ci is not None:
-            head = f"p < {self.ci.high:.3e} ({level} upper bound; 0 hits in {self.samples} samples)"
+        if self.upper_bound is not None:
+            head = f"p < {self.upper_bound:.3e} ({level} upper bound; 0 hits in {self.samples} samples)"
         else:
             head = f"p ≈ {self.value:.3e}"
             if self.ci is not None:

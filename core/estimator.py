@@ -23,7 +23,6 @@ from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.meter import MeteredModel
 from lowprob.core.target import Target
 
-
 PAPER_MODEL_CALLS = 2**16
 """The per-estimate budget of Wu & Hilton (2025): "a computational budget of 2^16 model calls"."""
 

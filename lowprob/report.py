@@ -43,7 +43,7 @@ def summary_table(rows: Iterable[dict[str, Any]]) -> str:
     for key, members in groups.items():
         estimates = [m["estimate"] for m in members]
         values = [e["value"] for e in estimates]
-        uppers = [e["ci"]["high"] for e in estimates if e["hits"] == 0 and e.get("ci")]
+        uppers = [e["ci"]["high"] for e in estimates if e["value"] == 0 and e.get("ci")]
         table.append([*key, str(len(members)), _value_cell(values, uppers),
                       str(sum(e["hits"] for e in estimates)),
                       f"{statistics.fmean(e['model_calls'] for e in estimates):.0f}",

@@ -6,7 +6,7 @@ through the ``lowprob`` entry-point group; :func:`load_registry` gathers everyth
 :class:`Registry`.
 """
 
-from lowprob.plugins.extrapolation import ExtrapolationFit
+from lowprob.plugins.extrapolation import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl, hookspec
 from lowprob.plugins.manager import PluginInfo, load_registry, plugin_infos
 from lowprob.plugins.registry import Entry, Kind, PluginError, Registrar, Registry
@@ -14,6 +14,7 @@ from lowprob.plugins.registry import Entry, Kind, PluginError, Registrar, Regist
 __all__ = [
     "Entry",
     "ExtrapolationFit",
+    "FitResult",
     "Kind",
     "PluginError",
     "PluginInfo",

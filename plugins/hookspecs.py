@@ -30,7 +30,8 @@ def register_extrapolations(registrar: Registrar) -> None:
 
     Call it as ``add_extrapolation(name, fit, description=...)``, where
     ``fit(activations [n, d_model], W_U [d_model, d_vocab], target_ids, generator)`` is a pure
-    function returning a probability estimate (see :class:`lowprob.plugins.ExtrapolationFit`).
+    function returning a :class:`lowprob.plugins.FitResult` — the probability estimate, optionally its
+    standard error, and diagnostics (see :class:`lowprob.plugins.ExtrapolationFit`).
     """
 
 

@@ -221,6 +221,6 @@ def check_sane(estimate: Estimate) -> list[str]:
         problems.append(f"std_error {estimate.std_error!r} is not finite")
     if estimate.ci is not None and not (0 <= estimate.ci.low <= estimate.ci.high):
         problems.append(f"interval [{estimate.ci.low}, {estimate.ci.high}] is malformed")
-    if estimate.hits == 0 and estimate.ci is not None and not math.isfinite(estimate.ci.high):
-        problems.append("zero hits gave no finite upper bound")
+    if estimate.value == 0 and estimate.ci is not None and not math.isfinite(estimate.ci.high):
+        problems.append("a zero estimate has no finite upper bound")
     return problems
