@@ -1,0 +1,229 @@
+"""MHIS: Metropolis–Hastings importance sampling (Wu & Hilton 2025, §5.4).
+
+Independent chains target ``π(x) ∝ D(x) · exp(s(x)/T)`` with a single-site, gradient-informed proposal and an
+exact MH correction; ``p`` is the self-normalised average ``Σ y e^{−s/T} / Σ e^{−s/T}`` over recorded states.
+Consistent, not unbiased (a ratio estimate from correlated samples).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from pydantic import Field
+
+from lowprob.core.budget import Budget
+from lowprob.core.errors import LowprobError
+from lowprob.core.estimate import ConfidenceInterval
+from lowprob.core.estimator import (
+    Capabilities,
+    Estimator,
+    EstimatorOptions,
+    EstimatorOutput,
+    Problem,
+    StepContext,
+    StepInfo,
+)
+from lowprob.core.stats import normal_interval
+from lowprob.plugins.builtin.token_scores import sample_rows, tilted_log_probs
+from lowprob.plugins.hookspecs import hookimpl
+from lowprob.plugins.registry import Registrar
+
+PAPER_CHAINS, PAPER_BURN_IN, PAPER_RECORDED_STEPS = 32, 2**10, 2**11
+"""The paper's setting: 32 chains, 2^10 burn-in steps, then 2^11 recorded steps (2^16 recorded states)."""
+
+
+class MHISOptions(EstimatorOptions):
+    """Options of MHIS."""
+
+    temperature: float = Field(default=1.0, gt=0, description="T: chains target D(x)·exp(s(x)/T)")
+    chains: int = Field(default=PAPER_CHAINS, ge=2, description="independent chains, advanced together")
+    burn_in: int = Field(default=PAPER_BURN_IN, ge=0, description="steps per chain discarded before recording")
+
+
+@dataclass(frozen=True)
+class Chains:
+    """The chains' current states: tokens ``[C, k]``, target score ``s``, hits and token gradients ``G``."""
+
+    tokens: torch.Tensor
+    score: torch.Tensor
+    hit: torch.Tensor
+    grads: torch.Tensor
+
+    @staticmethod
+    def evaluate(tokens: torch.Tensor, problem: Problem) -> Chains:
+        """Score, hit and gradients at ``tokens`` (one forward and one backward pass per chain)."""
+        logits, grads = problem.model.target_gradients(tokens, problem.target)
+        logits = logits.cpu().to(torch.float64)
+        ids = torch.tensor(problem.target.token_ids)
+        return Chains(tokens, torch.logsumexp(logits[:, ids], dim=1), problem.target.hits(logits),
+                      grads.cpu().to(torch.float64))
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Per-chain log-sums over recorded states of ``w = e^{−s/T}``, ``w·y``, ``w²`` and ``w²·y``."""
+
+    log_w: torch.Tensor
+    log_wy: torch.Tensor
+    log_w2: torch.Tensor
+    log_w2y: torch.Tensor
+
+    @staticmethod
+    def empty(chains: int) -> Tally:
+        return Tally(*(torch.full((chains,), -math.inf, dtype=torch.float64) for _ in range(4)))
+
+    def add(self, log_weight: torch.Tensor, hit: torch.Tensor) -> Tally:
+        on_hit = torch.where(hit, 0.0, -math.inf)
+        return Tally(torch.logaddexp(self.log_w, log_weight),
+                     torch.logaddexp(self.log_wy, log_weight + on_hit),
+                     torch.logaddexp(self.log_w2, 2 * log_weight),
+                     torch.logaddexp(self.log_w2y, 2 * log_weight + on_hit))
+
+
+@dataclass(frozen=True)
+class RatioSummary:
+    """The self-normalised estimate, its across-chain standard error, and the i.i.d.-equivalent variance."""
+
+    value: float
+    std_error: float
+    iid_variance: float
+
+    @staticmethod
+    def of(tally: Tally) -> RatioSummary:
+        """Chains are independent, so their sums ``(A_c, B_c)`` are i.i.d.: delta-method s.e. of ``ΣA/ΣB``."""
+        shift = float(tally.log_w.max())
+        a, b = (tally.log_wy - shift).exp(), (tally.log_w - shift).exp()
+        value = float(a.sum() / b.sum())
+        c = a.numel()
+        residual = a - value * b
+        std_error = math.sqrt(float((residual**2).sum()) * c / (c - 1)) / float(b.sum())
+        # Σ w²(y − p̂)² / (Σ w)²: the variance the same ratio would have from independent draws of π
+        w2y, w2 = (tally.log_w2y - 2 * shift).exp().sum(), (tally.log_w2 - 2 * shift).exp().sum()
+        iid_variance = float(((1 - 2 * value) * w2y + value**2 * w2) / b.sum() ** 2)
+        return RatioSummary(value, std_error, iid_variance)
+
+
+@dataclass(frozen=True)
+class MHISState:
+    """Chains (``None`` before the initial states are drawn), the recorded tally and step counts."""
+
+    log_d: torch.Tensor
+    chains: Chains | None = None
+    tally: Tally | None = None
+    steps: int = 0
+    accepted: int = 0
+    proposals: int = 0
+    hits: int = 0
+    samples: int = 0
+
+
+class MHIS(Estimator[MHISState]):
+    """Independent MH chains on D·exp(s/T), reweighted by e^{−s/T} and self-normalised (consistent, biased)."""
+
+    name = "mhis"
+    Options = MHISOptions
+    capabilities = Capabilities(unbiased=False, consistent=True, has_error_bars=True, needs_gradients=True,
+                                needs_factorized=True)
+    options: MHISOptions
+
+    @classmethod
+    def paper_budget(cls) -> Budget:
+        """The paper's MHIS accounting: 32 initial states, 2^10 burn-in and 2^11 recorded steps of 32 chains
+        (98,336 forward+backward passes), backward passes not charged."""
+        calls = PAPER_CHAINS * (1 + PAPER_BURN_IN + PAPER_RECORDED_STEPS)
+        return Budget(model_calls=calls, backward_weight=0.0)
+
+    def min_step_calls(self, backward_weight: float) -> float:
+        """The initial states, the burn-in and one recorded step of every chain: less cannot estimate."""
+        return self.options.chains * (1.0 + backward_weight) * (self.options.burn_in + 2)
+
+    def init(self, problem: Problem, generator: torch.Generator) -> MHISState:
+        return MHISState(log_d=problem.distribution.dense_log_probs())
+
+    def step(self, state: MHISState, problem: Problem, generator: torch.Generator,
+             context: StepContext) -> tuple[MHISState, StepInfo]:
+        """Draw the initial states (first step) or move every chain once; stop when all chains cannot move."""
+        c = self.options.chains
+        if context.affordable(1.0 + context.backward_weight, c) < c:
+            return state, StepInfo(samples=state.samples, done=True)
+        if state.chains is None:
+            initial = Chains.evaluate(problem.distribution.sample(c, generator), problem)
+            return replace(state, chains=initial), StepInfo()
+        chains, accepted = self._move(state.log_d, state.chains, problem, generator)
+        new = replace(state, chains=chains, steps=state.steps + 1, accepted=state.accepted + accepted,
+                      proposals=state.proposals + c)
+        if new.steps <= self.options.burn_in:
+            return new, StepInfo()
+        tally = (state.tally or Tally.empty(c)).add(-chains.score / self.options.temperature, chains.hit)
+        new = replace(new, tally=tally, hits=state.hits + int(chains.hit.sum()), samples=state.samples + c)
+        summary = RatioSummary.of(tally)
+        return new, StepInfo(value=summary.value, std_error=summary.std_error if new.hits else None,
+                             samples=new.samples)
+
+    def _move(self, log_d: torch.Tensor, chains: Chains, problem: Problem,
+              generator: torch.Generator) -> tuple[Chains, int]:
+        """One MH step per chain: resample one uniformly chosen position from φ_i(·|x), accept exactly."""
+        temperature = self.options.temperature
+        c, k = chains.tokens.shape
+        rows = torch.arange(c)
+        position = torch.randint(k, (c,), generator=generator)
+        log_phi = tilted_log_probs(log_d[position], chains.grads[rows, position], temperature)
+        new_token = sample_rows(log_phi, 1, generator)[0]
+        old_token = chains.tokens[rows, position]
+        tokens = chains.tokens.clone()
+        tokens[rows, position] = new_token
+        proposed = Chains.evaluate(tokens, problem)
+        log_phi_back = tilted_log_probs(log_d[position], proposed.grads[rows, position], temperature)
+        log_alpha = ((proposed.score - chains.score) / temperature
+                     + log_d[position, new_token] - log_d[position, old_token]
+                     + log_phi_back[rows, old_token] - log_phi[rows, new_token])
+        log_u = torch.rand(c, generator=generator, dtype=torch.float64).log()
+        accept = log_u < log_alpha
+        keep = ~accept
+        moved = Chains(*(torch.where(_expand(keep, new), old, new) for old, new in
+                         ((chains.tokens, proposed.tokens), (chains.score, proposed.score),
+                          (chains.hit, proposed.hit), (chains.grads, proposed.grads))))
+        return moved, int(accept.sum())
+
+    def result(self, state: MHISState, problem: Problem, level: float) -> EstimatorOutput:
+        if state.tally is None:
+            raise LowprobError(
+                f"mhis recorded no states: the run ended after {state.steps} of {self.options.burn_in} burn-in "
+                "steps; give it a larger budget or a smaller burn_in")
+        summary = RatioSummary.of(state.tally)
+        diagnostics: dict[str, object] = {
+            "consistent_not_unbiased": True,
+            "acceptance_rate": state.accepted / state.proposals,
+            "steps": state.steps,
+            "std_error_method": "delta method over the independent chains' ratio sums",
+        }
+        if not state.hits:
+            # No recorded state hit: 0 with no error bars (MCMC gives no bound on what it never visited).
+            return EstimatorOutput(value=0.0, std_error=None, ci=None, hits=0, samples=state.samples,
+                                   diagnostics=diagnostics)
+        autocorrelation_time = summary.std_error**2 / summary.iid_variance if summary.iid_variance > 0 else None
+        diagnostics["autocorrelation_time"] = autocorrelation_time
+        diagnostics["effective_sample_size"] = (state.samples / autocorrelation_time
+                                                if autocorrelation_time else None)
+        low, high = normal_interval(summary.value, summary.std_error, level)
+        return EstimatorOutput(
+            value=summary.value,
+            std_error=summary.std_error,
+            ci=ConfidenceInterval(low=low, high=high, level=level, method="normal (delta method over chains)"),
+            hits=state.hits,
+            samples=state.samples,
+            diagnostics=diagnostics,
+        )
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` ``[C]`` broadcastable against ``like`` ``[C, ...]``."""
+    return mask.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+@hookimpl
+def register_estimators(registrar: Registrar) -> None:
+    """Register the built-in MHIS estimator."""
+    registrar.add_estimator(MHIS)

@@ -1,0 +1,141 @@
+"""MHIS on enumerable toy models: the chains sample π ∝ D·exp(s/T), the estimate converges, budgets are exact.
+
+MHIS is consistent, not unbiased, so it is checked with ``check_consistent`` (RMSE against the exact value
+shrinks with the budget beyond its own noise), not ``check_unbiased``. Seeds are fixed: deterministic tests.
+"""
+
+import math
+
+import pytest
+import torch
+
+from lowprob.api import compile_problem, resolve_spec
+from lowprob.core import Budget
+from lowprob.core.distribution import Block, Categorical, InputDistribution
+from lowprob.core.errors import BudgetError, LowprobError
+from lowprob.core.estimator import Problem, StepContext
+from lowprob.core.meter import MeteredModel
+from lowprob.core.runner import run_estimator
+from lowprob.core.target import ArgmaxIs
+from lowprob.plugins import load_registry
+from lowprob.plugins.builtin.mhis import MHIS, RatioSummary, Tally
+from lowprob.plugins.testing import ToyProblem, argmax_probabilities, check_consistent, check_sane, toy_problem
+
+SMALL = {"chains": 8, "burn_in": 10}
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyProblem:
+    return toy_problem(1)  # exact p ≈ 0.0071 over 6^3 enumerable sequences
+
+
+def _total_variation_tolerance(pi: torch.Tensor, n: int, generator: torch.Generator) -> float:
+    """The largest TV distance of 400 multinomial(n, π) empirical distributions from π (≈ its 99.75 % point)."""
+    counts = torch.stack([torch.bincount(torch.multinomial(pi, n, replacement=True, generator=generator),
+                                         minlength=pi.numel()) for _ in range(400)])
+    return float((counts / n - pi).abs().sum(dim=1).max() / 2)
+
+
+@pytest.mark.statistical
+def test_chains_sample_the_tilted_distribution(toy: ToyProblem) -> None:
+    """Final states of many independent chains match π ∝ D·exp(s/T) computed exactly by enumeration, and are
+    measurably far from D itself (so the check has power)."""
+    temperature, chains = 0.7, 2000
+    estimator = MHIS({"temperature": temperature, "chains": chains, "burn_in": 0})
+    problem, gen = toy.problem(), torch.Generator().manual_seed(0)
+    state = estimator.init(problem, gen)
+    for _ in range(40):
+        state, _ = estimator.step(state, problem, gen, StepContext(math.inf, 2.0))
+    assert state.chains is not None
+    tokens, d = toy.distribution.enumerate()
+    log_pi = d.log() + toy.model.last_logits(tokens)[:, toy.target.token_id].double() / temperature
+    pi = torch.softmax(log_pi, dim=0)
+    index = {tuple(row): j for j, row in enumerate(tokens.tolist())}
+    visited = torch.tensor([index[tuple(row)] for row in state.chains.tokens.tolist()])
+    empirical = torch.bincount(visited, minlength=pi.numel()).double() / chains
+    tolerance = _total_variation_tolerance(pi, chains, gen)
+    tv = float((empirical - pi).abs().sum() / 2)
+    assert tv <= tolerance, f"TV {tv:.3f} from π exceeds {tolerance:.3f}"
+    assert float((empirical - d).abs().sum() / 2) > 2 * tolerance
+
+
+@pytest.mark.statistical
+def test_estimate_converges_to_the_exact_value(toy: ToyProblem) -> None:
+    budgets = [Budget(model_calls=32 * (1 + 10 + n), backward_weight=0.0) for n in (4, 80)]
+    report = check_consistent(MHIS, toy, budgets, seeds=range(12), options={"chains": 32, "burn_in": 10})
+    assert report.passed, report.detail
+
+
+def test_ratio_summary_matches_direct_computation() -> None:
+    gen = torch.Generator().manual_seed(1)
+    log_w = torch.randn(50, 4, generator=gen, dtype=torch.float64) * 20  # [steps, chains], wide range
+    hit = torch.rand(50, 4, generator=gen) < 0.3
+    tally = Tally.empty(4)
+    for lw, y in zip(log_w, hit, strict=True):
+        tally = tally.add(lw, y)
+    w = (log_w - log_w.max()).exp()
+    a, b = (w * hit).sum(dim=0), w.sum(dim=0)
+    value = float(a.sum() / b.sum())
+    summary = RatioSummary.of(tally)
+    assert summary.value == pytest.approx(value, rel=1e-12)
+    expected_se = math.sqrt(float(((a - value * b) ** 2).sum()) * 4 / 3) / float(b.sum())
+    assert summary.std_error == pytest.approx(expected_se, rel=1e-9)
+
+
+def test_spends_the_budget_exactly_and_records_after_burn_in(toy: ToyProblem) -> None:
+    estimate = run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=1000), 0, progress=False)
+    steps = 1000 // 24 - 1  # 8 chains × (1 + 2) calls per step, after the 8 initial states
+    assert estimate.forward_passes == estimate.backward_passes == 8 * (1 + steps)
+    assert estimate.model_calls == 24 * (1 + steps) <= 1000
+    assert estimate.samples == 8 * (steps - 10)
+    assert 0 < estimate.diagnostics["acceptance_rate"] <= 1
+    assert estimate.diagnostics["consistent_not_unbiased"] is True
+    assert estimate.hits > 0 and estimate.ci is not None and not check_sane(estimate)
+    assert estimate.diagnostics["effective_sample_size"] > 0
+
+
+def test_budget_below_init_burn_in_and_one_step_is_rejected(toy: ToyProblem) -> None:
+    with pytest.raises(BudgetError, match="less than one step"):
+        run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=8 * 3 * 12 - 1), 0, progress=False)
+
+
+def test_paper_budget() -> None:
+    assert MHIS.paper_budget() == Budget(model_calls=98_336, backward_weight=0.0)
+
+
+def test_same_seed_same_result(toy: ToyProblem) -> None:
+    a, b = (run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=600), 5, progress=False)
+            for _ in range(2))
+    assert (a.value, a.std_error, a.hits, a.diagnostics) == (b.value, b.std_error, b.hits, b.diagnostics)
+
+
+def test_zero_hits_give_zero_without_nan(toy: ToyProblem) -> None:
+    never = int(argmax_probabilities(toy.model, toy.distribution).argmin())
+    problem = Problem(MeteredModel(toy.model), toy.distribution, ArgmaxIs(never))
+    estimate = run_estimator(MHIS(SMALL), problem, Budget(model_calls=600), 0, progress=False)
+    assert estimate.hits == 0 and estimate.value == 0.0 and estimate.std_error is None
+    assert not check_sane(estimate)
+
+
+@pytest.mark.parametrize("options", [{"chain": 8}, {"temperature": -1.0}, {"chains": 1}, {"burn_in": -1}])
+def test_bad_options_are_rejected(options: dict[str, float]) -> None:
+    with pytest.raises(LowprobError, match="invalid options for estimator 'mhis'"):
+        MHIS(options)
+
+
+def test_distributions_with_alternatives_are_rejected(toy: ToyProblem) -> None:
+    a, b = (Block.position(Categorical.constant(i)) for i in (0, 1))
+    dist = InputDistribution((Block.mixture([(0.5, [a, b]), (0.5, [b, a])]),), toy.model.d_vocab)
+    problem = Problem(MeteredModel(toy.model), dist, toy.target)
+    with pytest.raises(LowprobError, match="needs independent positions"):
+        run_estimator(MHIS(SMALL), problem, Budget(model_calls=1000), 0, progress=False)
+
+
+def test_default_model_demo_spec() -> None:
+    registry = load_registry()
+    problem = compile_problem(registry, resolve_spec("examples/specs/demo.lp", registry))
+    estimate = run_estimator(MHIS({"chains": 4, "burn_in": 2}), problem, Budget(model_calls=120), 0,
+                             progress=False)
+    assert not check_sane(estimate)
+    assert estimate.model_calls <= 120 and estimate.samples == 4 * 7
+    assert estimate.hits == 0 or estimate.ci is not None
