@@ -2,6 +2,8 @@
 
 BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.naive",
+    "lowprob.plugins.builtin.itgis",
+    "lowprob.plugins.builtin.mhis",
     "lowprob.plugins.builtin.extrapolation",
     "lowprob.plugins.builtin.qld",
     "lowprob.plugins.builtin.gld",
