@@ -1,0 +1,84 @@
+"""Every built-in estimator passes the shared conformance kit, judged by what its capabilities promise.
+
+Unbiased estimators must pass ``check_unbiased`` (mean of seeded replicates within 4 standard errors of the
+exact value); consistent-only ones ``check_consistent`` (error shrinks with budget); every estimator must give
+sane results within its budget, be reproducible from its seed, and have a method page in docs/estimators/.
+Toy problems: a lookup-table model (exact token gradients) and a tiny random transformer.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lowprob.core import Budget, run_estimator
+from lowprob.plugins import load_registry
+from lowprob.plugins.testing import (
+    ToyProblem,
+    check_consistent,
+    check_sane,
+    check_unbiased,
+    lookup_model,
+    toy_problem,
+)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "estimators"
+REGISTRY = load_registry(entry_points=False)
+BUILTINS = [entry.name for entry in REGISTRY.entries("estimators")]
+TOY_OPTIONS: dict[str, dict[str, Any]] = {
+    "itgis": {"batch_size": 64},
+    "mhis": {"chains": 16, "burn_in": 8},
+}
+"""Options that fit the estimators to a toy problem's tiny size (defaults are sized for real models)."""
+
+
+@pytest.fixture(scope="module", params=["lookup", "transformer"])
+def toy(request: pytest.FixtureRequest) -> ToyProblem:
+    if request.param == "lookup":
+        return toy_problem(1, d_vocab=5, length=3, model=lookup_model(positions=3, d_vocab=5, seed=1))
+    return toy_problem(2, d_vocab=6, length=3)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_sane_within_budget_and_reproducible(name: str, toy: ToyProblem) -> None:
+    cls = REGISTRY.estimator(name)
+    budget = Budget(model_calls=3000)
+    runs = [run_estimator(cls(TOY_OPTIONS.get(name)), toy.problem(), budget, seed=5, progress=False)
+            for _ in range(2)]
+    assert not check_sane(runs[0])
+    assert runs[0].model_calls <= 3000
+    assert runs[0].forward_passes + 2 * runs[0].backward_passes == runs[0].model_calls
+    assert runs[0].value == runs[1].value and runs[0].ci == runs[1].ci
+    assert runs[0].unbiased == cls.capabilities.unbiased
+
+
+@pytest.fixture(scope="module")
+def lookup_toy() -> ToyProblem:
+    return toy_problem(1, d_vocab=5, length=3, model=lookup_model(positions=3, d_vocab=5, seed=1))
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("name", BUILTINS)
+def test_keeps_its_statistical_promise(name: str, lookup_toy: ToyProblem) -> None:
+    """On the lookup-table toy (fast; the estimators' own test files also cover tiny transformers)."""
+    toy = lookup_toy
+    cls = REGISTRY.estimator(name)
+    caps = cls.capabilities
+    if caps.unbiased:
+        report = check_unbiased(cls, toy, Budget(model_calls=900), seeds=range(50), options=TOY_OPTIONS.get(name))
+    elif caps.consistent:
+        report = check_consistent(cls, toy, [Budget(model_calls=2000), Budget(model_calls=20_000)], seeds=range(12),
+                                  options=TOY_OPTIONS.get(name))
+    else:
+        pytest.skip(f"{name} is heuristic: it promises neither unbiasedness nor consistency")
+    assert report.passed, report.detail
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_has_a_method_page(name: str) -> None:
+    page = DOCS / f"{name}.md"
+    assert page.is_file(), f"docs/estimators/{name}.md is missing"
+    text = page.read_text()
+    options = REGISTRY.estimator(name).Options.model_fields
+    missing = [option for option in options if f"`{option}`" not in text]
+    assert not missing, f"docs/estimators/{name}.md does not document options {missing}"
