@@ -28,6 +28,7 @@ BUILTINS = [entry.name for entry in REGISTRY.entries("estimators")]
 TOY_OPTIONS: dict[str, dict[str, Any]] = {
     "itgis": {"batch_size": 64},
     "mhis": {"chains": 16, "burn_in": 8},
+    "optimal-constant": {"value": 0.1},
 }
 """Options that fit the estimators to a toy problem's tiny size (defaults are sized for real models)."""
 

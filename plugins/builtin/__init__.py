@@ -7,6 +7,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.extrapolation",
     "lowprob.plugins.builtin.qld",
     "lowprob.plugins.builtin.gld",
+    "lowprob.plugins.builtin.constant",
     "lowprob.plugins.builtin.models",
     "lowprob.plugins.builtin.token_sets",
     "lowprob.plugins.builtin.distributions",

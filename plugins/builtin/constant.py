@@ -1,7 +1,8 @@
 """The "optimal constant" baseline (Wu & Hilton 2025, §5.1) and the Itakura–Saito-style loss it minimises.
 
-Not an estimator: it needs the ground-truth probabilities of the evaluated tokens, so it belongs to an evaluation
-harness that scores estimators against a constant that already knows the answers on average.
+The constant needs the ground-truth probabilities of the evaluated tokens, so an evaluation harness fits it
+(:func:`optimal_constant`) and passes it to the ``optimal-constant`` estimator as its ``value`` option; the
+estimator spends no model calls and answers that value for every target — the bar every method must clear.
 """
 
 from __future__ import annotations
@@ -9,6 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from pydantic import Field
+
+from lowprob.core.estimator import (
+    Capabilities,
+    Estimator,
+    EstimatorOptions,
+    EstimatorOutput,
+    Problem,
+    StepContext,
+    StepInfo,
+)
+from lowprob.plugins.hookspecs import hookimpl
+from lowprob.plugins.registry import Registrar
 
 
 def itakura_saito_loss(p: Sequence[float] | torch.Tensor, p_hat: Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -26,3 +40,38 @@ def optimal_constant(ground_truth_probs: Sequence[float] | torch.Tensor) -> floa
     if p.numel() == 0 or not bool(((p > 0) & torch.isfinite(p)).all()):
         raise ValueError("optimal_constant needs at least one probability, all finite and positive")
     return float(p.mean())
+
+
+class ConstantOptions(EstimatorOptions):
+    """Options of the optimal-constant baseline."""
+
+    value: float = Field(gt=0, le=1, description="the constant; an evaluation harness sets optimal_constant(p)")
+
+
+class OptimalConstant(Estimator[None]):
+    """The same answer for every target, fitted from ground truth: the baseline of Wu & Hilton (2025)."""
+
+    name = "optimal-constant"
+    Options = ConstantOptions
+    capabilities = Capabilities(unbiased=False, has_error_bars=False, consistent=False)
+    options: ConstantOptions
+
+    def min_step_calls(self, backward_weight: float) -> float:
+        return 0.0
+
+    def init(self, problem: Problem, generator: torch.Generator) -> None:
+        return None
+
+    def step(self, state: None, problem: Problem, generator: torch.Generator,
+             context: StepContext) -> tuple[None, StepInfo]:
+        return None, StepInfo(value=self.options.value, done=True)
+
+    def result(self, state: None, problem: Problem, level: float) -> EstimatorOutput:
+        return EstimatorOutput(value=self.options.value, std_error=None, ci=None, hits=0, samples=0,
+                               diagnostics={"source": "option value (fitted from ground truth by the harness)"})
+
+
+@hookimpl
+def register_estimators(registrar: Registrar) -> None:
+    """Register the optimal-constant baseline."""
+    registrar.add_estimator(OptimalConstant)
