@@ -16,6 +16,7 @@ from lowprob.plugins import load_registry
 from lowprob.plugins.testing import (
     ToyProblem,
     check_consistent,
+    check_error_bars,
     check_sane,
     check_unbiased,
     lookup_model,
@@ -27,10 +28,14 @@ REGISTRY = load_registry(entry_points=False)
 BUILTINS = [entry.name for entry in REGISTRY.entries("estimators")]
 TOY_OPTIONS: dict[str, dict[str, Any]] = {
     "itgis": {"batch_size": 64},
-    "mhis": {"chains": 16, "burn_in": 8},
+    "mhis": {"chains": 16, "burn_in": 8, "temperature": 3.0},
     "optimal-constant": {"value": 0.1},
 }
-"""Options that fit the estimators to a toy problem's tiny size (defaults are sized for real models)."""
+"""Options that fit the estimators to a toy problem's tiny size (defaults are sized for real models); MHIS's
+T = 3 suits the lookup toy's logit scale (see docs/estimators/mhis.md, failure modes)."""
+COVERAGE_CALLS = {"naive": 1000, "itgis": 6000, "mhis": 6000}
+"""Budgets at which the normal-approximation intervals are expected to hold their level on the lookup toy;
+ITGIS's interval under-covers at a few hundred samples (documented in docs/estimators/itgis.md)."""
 
 
 @pytest.fixture(scope="module", params=["lookup", "transformer"])
@@ -72,6 +77,19 @@ def test_keeps_its_statistical_promise(name: str, lookup_toy: ToyProblem) -> Non
                                   options=TOY_OPTIONS.get(name))
     else:
         pytest.skip(f"{name} is heuristic: it promises neither unbiasedness nor consistency")
+    assert report.passed, report.detail
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("name", BUILTINS)
+def test_intervals_cover_at_their_level(name: str, lookup_toy: ToyProblem) -> None:
+    """95 % intervals cover the exact value in at least 181 of 200 seeded runs (95 % − 3 binomial s.d.)."""
+    cls = REGISTRY.estimator(name)
+    if not cls.capabilities.has_error_bars or not (cls.capabilities.unbiased or cls.capabilities.consistent):
+        pytest.skip(f"{name} promises no calibrated interval")
+    assert name in COVERAGE_CALLS, f"add a coverage budget for {name}"
+    report = check_error_bars(cls, lookup_toy, Budget(model_calls=COVERAGE_CALLS[name]), seeds=range(200),
+                              options=TOY_OPTIONS.get(name))
     assert report.passed, report.detail
 
 
