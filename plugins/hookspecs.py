@@ -61,6 +61,9 @@ def register_models(registrar: Registrar) -> None:
     Call it as ``add_model(name, loader, description=..., default=False)``. ``loader()`` returns a
     :class:`lowprob.core.ModelAdapter`; it runs only when the model is requested, so discovery never
     loads weights. A third-party ``default=True`` overrides the built-in default model.
+
+    ``add_model_scheme(scheme, loader, description=...)`` makes every name ``scheme:target`` loadable
+    as ``loader(target)`` without registering it (the built-ins provide ``hf:`` and ``gguf:``).
     """
 
 

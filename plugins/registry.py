@@ -23,6 +23,8 @@ from lowprob.plugins.extrapolation import ExtrapolationFit
 
 ModelLoader = Callable[[], ModelAdapter]
 """A lazy model loader: called only when the model is first requested from a :class:`Registry`."""
+SchemeLoader = Callable[[str], ModelAdapter]
+"""Loads the model named ``scheme:target`` from ``target`` (a path, say), when first requested."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -40,6 +42,7 @@ class Kind(StrEnum):
     TOKEN_SET = "token_sets"
     DISTRIBUTION = "distributions"
     MODEL = "models"
+    MODEL_SCHEME = "model_schemes"
 
     @property
     def label(self) -> str:
@@ -162,6 +165,11 @@ class Registrar:
         self._require_callable(Kind.MODEL, name, loader)
         self._add(Kind.MODEL, name, loader, description, default=default)
 
+    def add_model_scheme(self, scheme: str, loader: SchemeLoader, *, description: str) -> None:
+        """Make every model name ``scheme:target`` loadable, by ``loader(target)``, without registering it."""
+        self._require_callable(Kind.MODEL_SCHEME, scheme, loader)
+        self._add(Kind.MODEL_SCHEME, scheme, loader, description)
+
 
 class Registry:
     """Everything the loaded plugins registered, with typed lookups that name the known choices on a
@@ -208,11 +216,15 @@ class Registry:
         return {name: entry.obj for name, entry in self._table[Kind.TOKEN_SET].items()}
 
     def model(self, name: str) -> ModelAdapter:
-        """The model ``name``, loaded on first request and cached in this registry."""
+        """The model ``name``, loaded on first request and cached in this registry.
+
+        A name ``scheme:target`` (``hf:/path/to/dir``) goes to the loader registered for ``scheme``.
+        """
         if name not in self._models:
-            entry = self.entry(Kind.MODEL, name)
+            scheme, colon, target = name.partition(":")
+            entry = self.entry(Kind.MODEL_SCHEME, scheme) if colon else self.entry(Kind.MODEL, name)
             try:
-                adapter = entry.obj()
+                adapter = entry.obj(target) if colon else entry.obj()
             except LowprobError:
                 raise
             except Exception as exc:

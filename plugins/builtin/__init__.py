@@ -9,6 +9,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.gld",
     "lowprob.plugins.builtin.constant",
     "lowprob.plugins.builtin.models",
+    "lowprob.plugins.builtin.loaders",
     "lowprob.plugins.builtin.token_sets",
     "lowprob.plugins.builtin.distributions",
 )
