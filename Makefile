@@ -40,5 +40,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy core dsl plugins lowprob
 
+## The training corpus (data/corpus, git-ignored): installs its Debian packages (needs root and apt), then
+## assembles the code/english/spanish slices and prints their sizes and sha256 (compare with docs/models.md).
+CORPUS_PACKAGES := debian-handbook python3.11-doc manpages-es
+.PHONY: corpus tokenizer
+corpus: $(STAMP)
+	apt-get install -y $(CORPUS_PACKAGES)
+	$(BIN)/python scripts/build_corpus.py data/corpus
+
+## The built-in tokenizer and frequency tables (plugins/builtin/data) from the corpus; run `make corpus` first.
+tokenizer: $(STAMP)
+	$(BIN)/python scripts/train_tokenizer.py data/corpus plugins/builtin/data
+
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis
