@@ -27,7 +27,8 @@ from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import ModelLoader, Registrar
 
 GELU_TOKENIZER_REPO = "NeelNanda/gpt-neox-tokenizer-digits"
-LEGACY_FILES = ("config.json", "model_final.pth")
+WEIGHTS_FILE = "model_final.pth"
+LEGACY_FILES = ("config.json", WEIGHTS_FILE)
 """What a legacy repo must hold in the cache: the TransformerLens config and the final weights."""
 TOKENIZER_FILES = ("tokenizer.json",)
 
@@ -142,7 +143,7 @@ def load_legacy(model: LegacyModel) -> ModelAdapter:
     snapshot = Path(hf_hub_download(model.tokenizer_repo, TOKENIZER_FILES[0], cache_dir=cache, local_files_only=True))
     tokenizer = AutoTokenizer.from_pretrained(snapshot.parent)
     bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, model_name=model.repo)  # type: ignore[attr-defined]
-    weights = hf_hub_download(model.repo, "model_final.pth", cache_dir=cache, local_files_only=True)
+    weights = hf_hub_download(model.repo, WEIGHTS_FILE, cache_dir=cache, local_files_only=True)
     state = convert_tl_checkpoint(torch.load(weights, map_location="cpu", weights_only=True), cfg)
     state.setdefault("unembed.bias", torch.zeros(cfg.d_vocab))  # legacy repos may ship no unembed bias
     bridge.load_state_dict(state, strict=True)
