@@ -1,10 +1,11 @@
 """Built-in token-set resolvers: ``vocab()``, ``specials()`` and unigram frequency tables
 ``freq(name)``.
 
-``freq("stdlib")`` counts the tokens of a few CPython standard-library sources; ``freq("english")``
-those of a short public-domain passage (Lincoln's Gettysburg Address, 1863). Counts come from the
-model's own ``Vocabulary.encode``; characters it cannot encode are dropped, and each table is cached
-per vocabulary.
+For any vocabulary, ``freq("stdlib")`` counts the tokens of a few CPython standard-library sources and
+``freq("english")`` those of a short public-domain passage (Lincoln's Gettysburg Address, 1863), through the
+model's own ``Vocabulary.encode``; characters it cannot encode are dropped. For the built-in BPE tokenizer (matched
+by ``vocabulary_fingerprint``) the committed corpus tables ``code``, ``english`` and ``spanish`` take precedence
+(see docs/models.md). Special tokens are never part of a table's set; tables are cached per vocabulary.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ import sysconfig
 import weakref
 from collections import Counter
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
+
+import torch
 
 from lowprob.core.tokenset import ResolverArg, TokenSet
 from lowprob.core.vocabulary import Vocabulary
+from lowprob.plugins.builtin.frequency import (
+    BUILTIN_TABLES,
+    FrequencyTable,
+    builtin_table_path,
+    load_table,
+    vocabulary_fingerprint,
+)
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
 
@@ -58,6 +69,27 @@ TEXTS: dict[str, Callable[[], str]] = {"stdlib": _stdlib_text, "english": lambda
 """Frequency tables by name: each gives the text whose token counts make the table."""
 
 _cache: weakref.WeakKeyDictionary[Vocabulary, dict[str, TokenSet]] = weakref.WeakKeyDictionary()
+_committed: weakref.WeakKeyDictionary[Vocabulary, dict[str, FrequencyTable]] = weakref.WeakKeyDictionary()
+
+
+@cache
+def _builtin_tables() -> dict[str, FrequencyTable]:
+    return {name: load_table(builtin_table_path(name)) for name in BUILTIN_TABLES}
+
+
+def committed_tables(vocab: Vocabulary) -> dict[str, FrequencyTable]:
+    """The committed tables built for exactly this vocabulary (same size, same fingerprint); cached."""
+    if vocab not in _committed:
+        tables = _builtin_tables()
+        same_size = {name: t for name, t in tables.items() if len(t.counts) == vocab.size}
+        fingerprint = vocabulary_fingerprint(vocab) if same_size else ""
+        _committed[vocab] = {name: t for name, t in same_size.items() if t.fingerprint == fingerprint}
+    return _committed[vocab]
+
+
+def known_tables(vocab: Vocabulary) -> list[str]:
+    """Table names ``freq()`` accepts for ``vocab``."""
+    return sorted(set(TEXTS) | set(committed_tables(vocab)))
 
 
 def _encodable(vocab: Vocabulary, text: str) -> str:
@@ -75,16 +107,20 @@ def _encodable(vocab: Vocabulary, text: str) -> str:
 def frequency_table(vocab: Vocabulary, name: str) -> TokenSet:
     """The unigram counts of table ``name`` under ``vocab`` as a weighted token set (cached per
     vocabulary)."""
-    if name not in TEXTS:
-        raise ValueError(
-            f"unknown frequency table {name!r}; known tables: {', '.join(sorted(TEXTS))}"
-        )
+    committed = committed_tables(vocab)
+    if name not in TEXTS and name not in committed:
+        raise ValueError(f"unknown frequency table {name!r}; known tables: {', '.join(known_tables(vocab))}")
     tables = _cache.setdefault(vocab, {})
     if name not in tables:
-        counts = Counter(vocab.encode(_encodable(vocab, TEXTS[name]())))
-        tables[name] = TokenSet.of(
-            list(counts), [float(c) for c in counts.values()], what=f"freq({name!r})"
-        )
+        if name in committed:
+            counts = committed[name].counts.double()
+            counts[sorted(vocab.special_tokens.values())] = 0.0  # zero weights drop the specials
+            tables[name] = TokenSet.of(torch.arange(vocab.size), counts, what=f"freq({name!r})")
+        else:
+            text_counts = Counter(vocab.encode(_encodable(vocab, TEXTS[name]())))
+            tables[name] = TokenSet.of(
+                list(text_counts), [float(c) for c in text_counts.values()], what=f"freq({name!r})"
+            )
     return tables[name]
 
 
@@ -109,9 +145,7 @@ def special_tokens(vocab: Vocabulary, *args: ResolverArg) -> TokenSet:
 def freq(vocab: Vocabulary, *args: ResolverArg) -> TokenSet:
     """``freq(name)``: a named unigram frequency table as a weighted set."""
     if len(args) != 1 or not isinstance(args[0], str):
-        raise ValueError(
-            f"freq() takes one table name (one of {', '.join(sorted(TEXTS))}), got {args!r}"
-        )
+        raise ValueError(f"freq() takes one table name (one of {', '.join(known_tables(vocab))}), got {args!r}")
     return frequency_table(vocab, args[0])
 
 
@@ -123,5 +157,6 @@ def register_token_sets(registrar: Registrar) -> None:
     registrar.add_token_set("specials", special_tokens, usage="specials()",
                             description="the special tokens (BOS, EOS, ...)")
     registrar.add_token_set("freq", freq, usage='freq("stdlib")',
-                            description="unigram frequencies (weighted): 'stdlib' (Python source) "
-                                        "or 'english' (the Gettysburg Address)")
+                            description="unigram frequencies (weighted): 'stdlib' (Python source) or 'english' "
+                                        "(the Gettysburg Address); for the built-in BPE tokenizer 'code', "
+                                        "'english' and 'spanish' from its training corpus")
