@@ -24,15 +24,18 @@ class TokenizerVocabulary:
     ``encode`` never adds special tokens and treats special-token text (``"<|BOS|>"``) as plain text, like
     ``ListVocabulary``; ``token_string(i)`` is ``decode([i])`` with specials kept (cached for all ids). The wrapped
     tokenizer is a private copy, so the caller's object is never changed. ``special`` maps names (``"BOS"``,
-    ``"EOS"``) to ids.
+    ``"EOS"``) to ids. ``size`` makes the vocabulary exactly a model's ``d_vocab``: extra embedding rows read as
+    empty strings, and tokenizer ids the model cannot produce are cut off.
     """
 
-    def __init__(self, tokenizer: Tokenizer, special: Mapping[str, int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, special: Mapping[str, int], size: int | None = None) -> None:
         self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
         self._tokenizer.encode_special_tokens = True
         self._special = dict(special)
-        self._strings = [self._tokenizer.decode([i], skip_special_tokens=False)
-                         for i in range(self._tokenizer.get_vocab_size(with_added_tokens=True))]
+        known = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        size = known if size is None else size
+        self._strings = [self._tokenizer.decode([i], skip_special_tokens=False) for i in range(min(known, size))]
+        self._strings += [""] * (size - len(self._strings))
         bad = {name: i for name, i in self._special.items() if not 0 <= i < len(self._strings)}
         if bad:
             raise ValueError(f"special token ids out of range 0..{len(self._strings) - 1}: {bad}")
@@ -49,14 +52,15 @@ class TokenizerVocabulary:
         return cls(tokenizer, {name: i for name, i in ids.items() if i is not None})
 
     @classmethod
-    def from_transformers(cls, tokenizer: Any) -> TokenizerVocabulary:
+    def from_transformers(cls, tokenizer: Any, size: int | None = None) -> TokenizerVocabulary:
         """Wrap a ``transformers`` fast tokenizer; its ``bos_token_id``/``eos_token_id`` become BOS/EOS."""
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if not isinstance(backend, Tokenizer):
             raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer (no backend_tokenizer); "
                             "load it with use_fast=True")
         ids = {"BOS": tokenizer.bos_token_id, "EOS": tokenizer.eos_token_id}
-        return cls(backend, {name: int(i) for name, i in ids.items() if i is not None})
+        limit = size if size is not None else backend.get_vocab_size(with_added_tokens=True)
+        return cls(backend, {name: int(i) for name, i in ids.items() if i is not None and i < limit}, size)
 
     @property
     def size(self) -> int:

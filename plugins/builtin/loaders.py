@@ -23,6 +23,7 @@ import torch
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.model import ModelAdapter
+from lowprob.plugins.builtin.hf_vocab import TokenizerVocabulary
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import ModelLoader, Registrar
 
@@ -49,42 +50,8 @@ LEGACY_MODELS = (
 )
 
 
-class _TokenizerVocabulary:
-    """A transformers tokenizer seen as a lowprob ``Vocabulary`` of exactly the model's ``size`` ids.
-
-    Ids the tokenizer does not know (a model's padded embedding rows) read as empty strings.
-    """
-
-    def __init__(self, tokenizer: Any, size: int) -> None:
-        self._tokenizer = tokenizer
-        self._size = size
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def special_tokens(self) -> Mapping[str, int]:
-        ids = {"BOS": self._tokenizer.bos_token_id, "EOS": self._tokenizer.eos_token_id}
-        return {name: i for name, i in ids.items() if i is not None and i < self._size}
-
-    @functools.cached_property
-    def _strings(self) -> list[str]:
-        known = min(len(self._tokenizer), self._size)
-        return [self._tokenizer.decode([i]) for i in range(known)] + [""] * (self._size - known)
-
-    def token_string(self, token_id: int) -> str:
-        return self._strings[token_id]
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self._tokenizer.decode([int(i) for i in ids]))
-
-
 def _adapter(bridge: Any, tokenizer: Any, name: str) -> ModelAdapter:
-    return ModelAdapter(bridge, _TokenizerVocabulary(tokenizer, int(bridge.cfg.d_vocab)), name)
+    return ModelAdapter(bridge, TokenizerVocabulary.from_transformers(tokenizer, int(bridge.cfg.d_vocab)), name)
 
 
 def _hub_cache() -> Path:
