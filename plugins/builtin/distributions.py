@@ -1,7 +1,12 @@
-"""Built-in named distributions: small spec texts for the default vocabulary, usable by name
-anywhere a spec is accepted (``lowprob estimate hex-demo``)."""
+"""Built-in named distributions, usable by name anywhere a spec is accepted (``lowprob estimate hex-demo``).
+
+Small demo specs for the default vocabulary, and the paper's 8 input distributions (docs/distributions.md) as spec
+files in package data, written for any tokenizer that has the ``freq("code"|"english"|"spanish")`` tables.
+"""
 
 from __future__ import annotations
+
+from importlib import resources
 
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -38,8 +43,20 @@ target exception = argmax in {"ValueError", "TypeError", "KeyError"}
 """Name -> (one-line description, spec text)."""
 
 
+PAPER_DISTRIBUTIONS = ("hex", "camel", "colon", "if", "caps", "english", "spanish", "icl")
+"""The paper's 8 input distributions (Wu & Hilton 2025, Table 1), shipped as ``data/distributions/<name>.lp``."""
+
+
+def paper_spec(name: str) -> str:
+    """The spec text of the paper distribution ``name``, read from package data."""
+    return resources.files("lowprob.plugins.builtin").joinpath(f"data/distributions/{name}.lp").read_text("utf-8")
+
+
 @hookimpl
 def register_distributions(registrar: Registrar) -> None:
-    """Register the demo specs in :data:`SPECS`."""
+    """Register the demo specs in :data:`SPECS` and the paper's distributions (description: each file's first line)."""
     for name, (description, text) in SPECS.items():
         registrar.add_distribution(name, text, description=description)
+    for name in PAPER_DISTRIBUTIONS:
+        text = paper_spec(name)
+        registrar.add_distribution(name, text, description=text.partition("\n")[0].removeprefix("# "))
