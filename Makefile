@@ -54,3 +54,9 @@ tokenizer: $(STAMP)
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis
+
+## lowprob's trained models (plugins/builtin/data/models) from the corpus and tokenizer; uses a GPU if present.
+## Run `make corpus` first. About 25 minutes on a 2-core CPU (600 steps per model; see docs/models.md).
+.PHONY: models
+models: $(STAMP)
+	$(BIN)/python scripts/train_models.py --corpus data/corpus --layers 1 2 4 --steps 600

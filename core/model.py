@@ -61,11 +61,25 @@ class ModelAdapter:
     def _chunks(self, tokens: torch.Tensor, fn: Callable[[torch.Tensor], Any]) -> list[Any]:
         return [fn(tokens[i:i + self.chunk_size]) for i in range(0, tokens.shape[0], self.chunk_size)]
 
+    def _last(self, tokens: torch.Tensor, hooks: list[tuple[str, Any]] | None = None,
+              keep: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Last-position logits ``[batch, d_vocab]``: the final residual is cut to the last position before the
+        unembedding, so the other positions' logits are never computed (equal to the full forward up to
+        float32 rounding). ``keep`` receives the pre-unembed activations when given."""
+
+        def last_only(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            if keep is not None:
+                keep["a"] = act[:, -1, :].float()
+            return act[:, -1:, :]
+
+        logits = self.model.run_with_hooks(tokens, fwd_hooks=[*(hooks or []), (PRE_UNEMBED_HOOK, last_only)])
+        return logits[:, -1, :].float()
+
     @torch.no_grad()
     def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits at the last position, ``[batch, d_vocab]`` float32."""
         tokens = self._check(tokens)
-        parts = self._chunks(tokens, lambda t: self.model(t)[:, -1, :].float())
+        parts = self._chunks(tokens, self._last)
         return torch.cat(parts) if parts else torch.empty((0, self.d_vocab))
 
     @torch.no_grad()
@@ -77,14 +91,9 @@ class ModelAdapter:
         tokens = self._check(tokens)
 
         def run(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            store: dict[str, torch.Tensor] = {}
-
-            def grab(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                store["a"] = act[:, -1, :].float()
-                return act
-
-            logits = self.model.run_with_hooks(t, fwd_hooks=[(PRE_UNEMBED_HOOK, grab)])
-            return store["a"], logits[:, -1, :].float()
+            keep: dict[str, torch.Tensor] = {}
+            logits = self._last(t, keep=keep)
+            return keep["a"], logits
 
         parts = self._chunks(tokens, run)
         return torch.cat([a for a, _ in parts]), torch.cat([lg for _, lg in parts])
@@ -108,7 +117,7 @@ class ModelAdapter:
                 return store["e"]
 
             with torch.enable_grad():
-                logits = self.model.run_with_hooks(t, fwd_hooks=[(EMBED_HOOK, leaf)])[:, -1, :].float()
+                logits = self._last(t, hooks=[(EMBED_HOOK, leaf)])
                 score = torch.logsumexp(logits[:, ids], dim=-1) if ids.numel() > 1 else logits[:, ids[0]]
                 score.sum().backward()
             grad = store["e"].grad

@@ -10,6 +10,8 @@ from lowprob.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "examples/specs/demo.lp")
+RANDOM = ["--model", "random-1l"]
+"""The demo spec is written for the small random demo model's vocabulary."""
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def test_check_reports_a_malformed_spec_with_a_caret(cli: CliRunner, tmp_path: P
 
 
 def test_check_accepts_the_demo(cli: CliRunner) -> None:
-    result = cli.invoke(main, ["check", DEMO])
+    result = cli.invoke(main, ["check", DEMO, *RANDOM])
     assert result.exit_code == 0, result.output
     assert "dist main: 16 independent positions" in result.output
     assert "target stop: argmax == 'STOP'" in result.output
@@ -46,7 +48,7 @@ def test_check_accepts_the_demo(cli: CliRunner) -> None:
 
 def test_estimate_prints_samples_estimate_and_cost(cli: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    result = cli.invoke(main, ["estimate", DEMO, "--target", 'argmax in /^[a-z ]+$/', "--budget-calls",
+    result = cli.invoke(main, ["estimate", DEMO, *RANDOM, "--target", 'argmax in /^[a-z ]+$/', "--budget-calls",
                                "3000", "--seed", "4", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.count("  sample     '<|BOS|>") == 3
@@ -57,7 +59,7 @@ def test_estimate_prints_samples_estimate_and_cost(cli: CliRunner, tmp_path: Pat
 
 
 def test_estimate_json_is_the_full_result(cli: CliRunner) -> None:
-    result = cli.invoke(main, ["estimate", DEMO, "--budget-calls", "1000", "--json", "-o", "batch_size=250"])
+    result = cli.invoke(main, ["estimate", DEMO, *RANDOM, "--budget-calls", "1000", "--json", "-o", "batch_size=250"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["samples"] == 1000 and len(data["trace"]) == 4
@@ -65,12 +67,12 @@ def test_estimate_json_is_the_full_result(cli: CliRunner) -> None:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["estimate", DEMO, "--estimator", "nope"], "unknown estimator 'nope'; known estimators: "),
-    (["estimate", DEMO, "--model", "gpt-9"], "unknown model 'gpt-9'; known models: "),
-    (["estimate", DEMO, "--budget-calls", "0"], "model_calls must be at least 1"),
-    (["estimate", DEMO, "-o", "colour=red"], "invalid options for estimator 'naive': colour"),
-    (["estimate", DEMO, "-o", "oops"], "option 'oops' is not of the form key=value"),
-    (["estimate", DEMO, "--paper-budget", "--budget-calls", "5"], "--paper-budget replaces the other budget"),
+    (["estimate", DEMO, *RANDOM, "--estimator", "nope"], "unknown estimator 'nope'; known estimators: "),
+    (["estimate", DEMO, "--model", "gpt-9", "--samples", "0"], "unknown model 'gpt-9'; known models: "),
+    (["estimate", DEMO, *RANDOM, "--budget-calls", "0"], "model_calls must be at least 1"),
+    (["estimate", DEMO, *RANDOM, "-o", "colour=red"], "invalid options for estimator 'naive': colour"),
+    (["estimate", DEMO, *RANDOM, "-o", "oops"], "option 'oops' is not of the form key=value"),
+    (["estimate", DEMO, *RANDOM, "--paper-budget", "--budget-calls", "5"], "--paper-budget replaces the other budget"),
     (["estimate", "missing.lp"], "spec file 'missing.lp' does not exist"),
     (["estimate", "no-such-dist"], "unknown distribution 'no-such-dist'; known distributions:"),
     (["run", "missing.toml"], "experiment file missing.toml does not exist"),
@@ -83,8 +85,8 @@ def test_bad_input_is_one_clear_error(cli: CliRunner, args: list[str], message: 
 
 
 def test_sample_is_seeded(cli: CliRunner) -> None:
-    a = cli.invoke(main, ["sample", DEMO, "-n", "4", "--seed", "9"])
-    b = cli.invoke(main, ["sample", DEMO, "-n", "4", "--seed", "9"])
+    a = cli.invoke(main, ["sample", DEMO, *RANDOM, "-n", "4", "--seed", "9"])
+    b = cli.invoke(main, ["sample", DEMO, *RANDOM, "-n", "4", "--seed", "9"])
     assert a.exit_code == 0 and a.output == b.output and len(a.output.splitlines()) == 4
 
 
@@ -94,7 +96,7 @@ def test_listings(cli: CliRunner) -> None:
     assert naive["provides"] == {"estimators": ["naive"]} and naive["version"]
     estimators = cli.invoke(main, ["estimators", "--options"]).output
     assert "naive" in estimators and "batch_size" in estimators and "clopper-pearson" in estimators
-    assert "random-1l (default)" in cli.invoke(main, ["models"]).output
+    assert "lowprob-1l (default)" in cli.invoke(main, ["models"]).output
     assert "hex-demo" in cli.invoke(main, ["distributions"]).output
 
 
@@ -103,6 +105,7 @@ def test_run_an_experiment_prints_a_summary(cli: CliRunner, tmp_path: Path) -> N
     exp.write_text(f"""
 name = "cli"
 output = "r.jsonl"
+models = ["random-1l"]
 seeds = [0, 1]
 [[distributions]]
 spec = "{DEMO}"

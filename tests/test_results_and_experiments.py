@@ -149,6 +149,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_rows(tmp_path: Path)
     exp.write_text(f"""
 name = "kill"
 output = "r.jsonl"
+models = ["random-1l"]
 seeds = {list(range(12))}
 [[distributions]]
 spec = "{ROOT / 'examples/specs/demo.lp'}"

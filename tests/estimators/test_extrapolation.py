@@ -32,7 +32,7 @@ def registry() -> Registry:
 
 
 def _problem(registry: Registry, target: str | None = None) -> Problem:
-    return compile_problem(registry, resolve_spec(DEMO, registry), target=target)
+    return compile_problem(registry, resolve_spec(DEMO, registry), model="random-1l", target=target)
 
 
 @pytest.mark.parametrize("name", ["qld", "gld", "activation-extrapolation"])

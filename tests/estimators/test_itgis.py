@@ -135,9 +135,10 @@ def test_distributions_with_alternatives_are_rejected(toy: ToyProblem) -> None:
         run_estimator(ITGIS(), problem, Budget(model_calls=300), 0, progress=False)
 
 
-def test_default_model_demo_spec() -> None:
+def test_default_model_paper_distribution() -> None:
+    """On the default (trained) model with the paper's hex distribution: finite, within budget."""
     registry = load_registry()
-    problem = compile_problem(registry, resolve_spec("examples/specs/demo.lp", registry))
+    problem = compile_problem(registry, resolve_spec("hex", registry), target='argmax == "_"')
     budget = Budget(model_calls=200)
     estimate = run_estimator(ITGIS(SMALL), problem, budget, 0, progress=False)
     assert not check_sane(estimate)

@@ -140,9 +140,10 @@ def test_distributions_with_alternatives_are_rejected(toy: ToyProblem) -> None:
         run_estimator(MHIS(SMALL), problem, Budget(model_calls=1000), 0, progress=False)
 
 
-def test_default_model_demo_spec() -> None:
+def test_default_model_paper_distribution() -> None:
+    """On the default (trained) model with the paper's hex distribution: finite, within budget."""
     registry = load_registry()
-    problem = compile_problem(registry, resolve_spec("examples/specs/demo.lp", registry))
+    problem = compile_problem(registry, resolve_spec("hex", registry), target='argmax == "_"')
     estimate = run_estimator(MHIS({"chains": 4, "burn_in": 2}), problem, Budget(model_calls=120), 0,
                              progress=False)
     assert not check_sane(estimate)

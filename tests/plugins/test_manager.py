@@ -46,7 +46,8 @@ def test_builtins_are_named_after_their_modules() -> None:
 def test_plugin_infos_are_json_serialisable_and_say_what_each_provides() -> None:
     infos = {i.name: i.model_dump() for i in plugin_infos(load_registry(entry_points=False))}
     json.dumps(list(infos.values()))
-    assert infos["lowprob.models"]["provides"] == {"models": ["random-1l", "random-2l"]}
+    models = ["lowprob-1l", "lowprob-2l", "lowprob-4l", "random-1l", "random-2l"]
+    assert infos["lowprob.models"]["provides"] == {"models": models}
     assert infos["lowprob.naive"]["hooks"] == ["register_estimators"]
     assert infos["lowprob.naive"]["version"] == metadata.version("lowprob")
 

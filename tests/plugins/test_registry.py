@@ -28,7 +28,7 @@ def test_typed_lookups_return_registered_objects(plugin) -> None:  # type: ignor
     assert registry.extrapolation("half") is _fit
     assert "dist main" in registry.distribution_spec("hex-demo")
     assert set(registry.token_set_resolvers()) >= {"vocab", "specials", "freq"}
-    assert registry.default_model_name == "random-1l"
+    assert registry.default_model_name == "lowprob-1l"
     entry = registry.entry("extrapolation", "half")
     assert (entry.plugin, entry.version, entry.description) == ("fits", "1.0", "always 0.5")
 
