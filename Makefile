@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 ## The main job: a rare-token estimate with naive Monte Carlo on the built-in default model.
 run: $(STAMP)
-	$(BIN)/lowprob estimate examples/specs/demo.lp --budget-calls 200000 --seed 0 --output results/demo.jsonl
+	$(BIN)/lowprob estimate caps --target 'argmax == "CESS"' --budget-calls 100000 --seed 0 --output results/main.jsonl
 
 ## The test suite (everything but tests marked slow; GPU tests skip themselves without a GPU).
 test: $(STAMP)

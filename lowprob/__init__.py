@@ -4,7 +4,7 @@ The public API composes a model, an input distribution written in lowprob's DSL,
 estimator plugin and a budget into an :class:`Estimate` with error bars, cost and provenance::
 
     import lowprob
-    est = lowprob.estimate("hex-demo", target='argmax == "ff"', budget=200_000, seed=1)
+    est = lowprob.estimate("caps", target='argmax == "CESS"', budget=100_000, seed=1)
     print(est.summary())
 
 Plugins implement hooks marked with ``@lowprob.hookimpl`` (see docs/plugins.md). Names are imported lazily,

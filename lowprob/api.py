@@ -103,7 +103,7 @@ def estimate(spec: str, *, target: str | None = None, distribution: str | None =
     ``spec`` is a spec file, a registered distribution name or DSL text; ``model`` defaults to the
     registry's default model. Example::
 
-        lowprob.estimate("hex-demo", target='argmax == "ff"', budget=200_000, seed=1)
+        lowprob.estimate("caps", target='argmax == "CESS"', budget=100_000, seed=1)
     """
     registry = registry or load_registry()
     source = resolve_spec(spec, registry)

@@ -113,7 +113,7 @@ def main(verbose: bool) -> None:
 
     \b
     Quick start (the built-in default model and a built-in distribution):
-      lowprob estimate hex-demo --target 'argmax == "ff"' --budget-calls 100000
+      lowprob estimate caps --target 'argmax == "CESS"' --budget-calls 100000
       lowprob run examples/experiments/demo.toml
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="lowprob: %(message)s")
@@ -143,7 +143,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
 
     \b
     Example:
-      lowprob estimate hex-demo --target 'argmax == "ff"' --budget-calls 200000 --seed 1
+      lowprob estimate caps --target 'argmax == "CESS"' --budget-calls 100000 --seed 1
       lowprob estimate my.lp --estimator uniform-is -o batch_size=512 --budget-seconds 30
     """
     registry = _registry()
@@ -225,7 +225,7 @@ def sample(spec: str, model: str | None, distribution: str | None, count: int, s
 
     \b
     Example:
-      lowprob sample hex-demo -n 10 --seed 3
+      lowprob sample hex -n 10 --seed 3
     """
     registry = _registry()
     compiled = compile_source(registry, resolve_spec(spec, registry), model=model)
@@ -244,7 +244,7 @@ def check(spec: str, model: str | None) -> None:
 
     \b
     Example:
-      lowprob check examples/specs/demo.lp
+      lowprob check caps
     """
     registry = _registry()
     source: SpecSource = resolve_spec(spec, registry)
