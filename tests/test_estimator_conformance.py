@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lowprob.api import compile_source, resolve_spec
 from lowprob.core import Budget, run_estimator
 from lowprob.plugins import load_registry
 from lowprob.plugins.testing import (
@@ -101,3 +102,36 @@ def test_has_a_method_page(name: str) -> None:
     options = REGISTRY.estimator(name).Options.model_fields
     missing = [option for option in options if f"`{option}`" not in text]
     assert not missing, f"docs/estimators/{name}.md does not document options {missing}"
+
+
+DEFAULT_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
+    "itgis": {"batch_size": 128},
+    "mhis": {"chains": 8, "burn_in": 4},
+    "qld": {"batch_size": 512, "samples": 2048},
+    "gld": {"batch_size": 512, "samples": 2048},
+    "activation-extrapolation": {"batch_size": 512, "samples": 2048},
+    "optimal-constant": {"value": 0.01},
+}
+
+
+@pytest.fixture(scope="module")
+def default_model_hex():  # type: ignore[no-untyped-def]
+    """The default (trained) model with the paper's hex distribution; the target "7" has p ≈ 2.6 %."""
+    registry = load_registry(entry_points=False)
+    return compile_source(registry, resolve_spec("hex", registry), targets=['argmax == "7"'])
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_runs_on_the_default_model_with_a_paper_distribution(name: str, default_model_hex) -> None:  # type: ignore[no-untyped-def]
+    """A finite estimate, with error bars where the estimator promises them, within budget, as the meter says."""
+    problem = default_model_hex.problem(target='argmax == "7"')
+    cls = REGISTRY.estimator(name)
+    before = problem.model.cost
+    estimate = run_estimator(cls(DEFAULT_MODEL_OPTIONS.get(name)), problem, Budget(model_calls=3000), seed=0,
+                             progress=False)
+    spent = problem.model.cost - before
+    assert not check_sane(estimate)
+    assert (estimate.forward_passes, estimate.backward_passes) == (spent.forward_passes, spent.backward_passes)
+    assert estimate.model_calls <= 3000
+    if cls.capabilities.has_error_bars:
+        assert estimate.ci is not None and estimate.std_error is not None, estimate.summary()
