@@ -46,3 +46,17 @@ def normal_interval(value: float, std_error: float, level: float = 0.95) -> tupl
     _check_level(level)
     z = float(stats.norm.ppf(0.5 + level / 2))
     return max(0.0, value - z * std_error), value + z * std_error
+
+
+def importance_sampling_interval(value: float, std_error: float | None, hits: int, samples: int,
+                                 log_max_weight: float, level: float = 0.95) -> tuple[float, float, str]:
+    """``(low, high, method)`` for an importance-sampling estimate p̂ = mean(w·1[hit]) with x ~ q.
+
+    With hits: the normal interval. With none: p = E_q[w·1[hit]] ≤ W·Pr_q[hit] for W the largest possible
+    weight, so the exact Clopper–Pearson bound on Pr_q[hit], scaled by W (capped at 1), bounds p.
+    """
+    if hits:
+        low, high = normal_interval(value, std_error or 0.0, level)
+        return low, high, "normal"
+    q_high = clopper_pearson(0, samples, level)[1]
+    return 0.0, math.exp(min(0.0, log_max_weight + math.log(q_high))), "clopper-pearson x max weight"

@@ -24,7 +24,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
-from lowprob.core.stats import clopper_pearson, normal_interval
+from lowprob.core.stats import importance_sampling_interval
 from lowprob.plugins.builtin.token_scores import gather_rows, sample_rows, tilted_log_probs
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -144,15 +144,10 @@ class ITGIS(Estimator[ITGISState]):
     def result(self, state: ITGISState, problem: Problem, level: float) -> EstimatorOutput:
         if state.samples == 0:
             raise LowprobError("itgis drew no samples; the budget ran out before the first batch")
-        if state.hits:
-            low, high = normal_interval(state.value, state.std_error or 0.0, level)
-            method = "normal"
-        else:
-            # Every batch's proposal satisfies p <= W·Pr_q[hit] with W its largest weight, so the hit count
-            # dominates Binomial(N, p/W_max): an exact bound on p/W_max, scaled by W_max, bounds p.
-            q_high = clopper_pearson(0, state.samples, level)[1]
-            low, high = 0.0, math.exp(min(0.0, state.log_max_weight + math.log(q_high)))
-            method = "clopper-pearson x max weight"
+        # With no hits: every batch's proposal has p <= W·Pr_q[hit] with W its largest weight, so W_max over
+        # the batches scales one exact bound for all of them.
+        low, high, method = importance_sampling_interval(state.value, state.std_error, state.hits, state.samples,
+                                                         state.log_max_weight, level)
         return EstimatorOutput(
             value=state.value,
             std_error=state.std_error,

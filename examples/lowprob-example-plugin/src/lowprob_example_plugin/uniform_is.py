@@ -24,7 +24,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
-from lowprob.core.stats import clopper_pearson, normal_interval
+from lowprob.core.stats import importance_sampling_interval
 
 
 class UniformISOptions(EstimatorOptions):
@@ -109,14 +109,8 @@ class UniformImportanceSampling(Estimator[UniformISState]):
     def result(self, state: UniformISState, problem: Problem, level: float) -> EstimatorOutput:
         if state.samples == 0:
             raise LowprobError("uniform-is drew no samples; the budget ran out before one batch")
-        if state.hits:
-            low, high = normal_interval(state.value, state.std_error or 0.0, level)
-            method = "normal"
-        else:
-            # No hits: bound Pr_q[hit] exactly, then p = E_q[w·hit] <= max weight × Pr_q[hit].
-            q_high = clopper_pearson(0, state.samples, level)[1]
-            low, high = 0.0, min(1.0, math.exp(state.proposal.log_max_weight) * q_high)
-            method = "clopper-pearson x max weight"
+        low, high, method = importance_sampling_interval(state.value, state.std_error, state.hits, state.samples,
+                                                         state.proposal.log_max_weight, level)
         return EstimatorOutput(
             value=state.value,
             std_error=state.std_error,
