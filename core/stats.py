@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
+import torch
 from scipy import stats
 
 from lowprob.core.errors import LowprobError
@@ -60,3 +62,48 @@ def importance_sampling_interval(value: float, std_error: float | None, hits: in
         return low, high, "normal"
     q_high = clopper_pearson(0, samples, level)[1]
     return 0.0, math.exp(min(0.0, log_max_weight + math.log(q_high))), "clopper-pearson x max weight"
+
+
+@dataclass(frozen=True)
+class WeightTally:
+    """Running sums over importance-sampling draws — weights w and weighted hits w·1[hit] — so memory does
+    not grow with the number of samples."""
+
+    samples: int = 0
+    hits: int = 0
+    sum_w: float = 0.0
+    sum_w2: float = 0.0
+    sum_wy: float = 0.0
+    sum_wy2: float = 0.0
+    max_wy: float = 0.0
+
+    def add(self, w: torch.Tensor, hit: torch.Tensor) -> WeightTally:
+        """The tally after a batch of weights ``w`` (float64) with boolean ``hit``."""
+        wy = torch.where(hit, w, 0.0)
+        return replace(self, samples=self.samples + int(w.numel()), hits=self.hits + int(hit.sum()),
+                       sum_w=self.sum_w + float(w.sum()), sum_w2=self.sum_w2 + float((w**2).sum()),
+                       sum_wy=self.sum_wy + float(wy.sum()), sum_wy2=self.sum_wy2 + float((wy**2).sum()),
+                       max_wy=max(self.max_wy, float(wy.max())) if wy.numel() else self.max_wy)
+
+    @property
+    def value(self) -> float:
+        """p̂ = mean of w·1[hit]."""
+        return self.sum_wy / self.samples if self.samples else 0.0
+
+    @property
+    def std_error(self) -> float | None:
+        """Sample standard deviation of w·1[hit] over √N; ``None`` without hits or before two samples."""
+        if self.samples < 2 or self.hits == 0:
+            return None
+        n = self.samples
+        return math.sqrt(max(0.0, (self.sum_wy2 - self.sum_wy**2 / n) / (n - 1)) / n)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Effective sample sizes (Σw)²/Σw² of all weights and of the hit weights, the largest hit weight's
+        share of Σ w·1[hit], and the mean weight (≈ 1 when the proposal covers D)."""
+        return {
+            "effective_sample_size": self.sum_w**2 / self.sum_w2 if self.sum_w2 else 0.0,
+            "hit_effective_sample_size": self.sum_wy**2 / self.sum_wy2 if self.hits else 0.0,
+            "max_weight_share": self.max_wy / self.sum_wy if self.hits else 0.0,
+            "mean_weight": self.sum_w / self.samples if self.samples else 0.0,
+        }

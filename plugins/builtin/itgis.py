@@ -24,7 +24,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
-from lowprob.core.stats import importance_sampling_interval
+from lowprob.core.stats import WeightTally, importance_sampling_interval
 from lowprob.plugins.builtin.token_scores import gather_rows, sample_rows, tilted_log_probs
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -68,32 +68,14 @@ class Proposal:
 
 @dataclass(frozen=True)
 class ITGISState:
-    """The score table ``S`` and running sums of the weighted hits ``w·y`` (memory independent of N)."""
+    """The score table ``S`` and the running tally of weights and weighted hits (memory independent of N)."""
 
     log_d: torch.Tensor
     scores: torch.Tensor
     batches: int = 0
-    samples: int = 0
-    hits: int = 0
-    sum_wy: float = 0.0
-    sum_wy2: float = 0.0
-    max_wy: float = 0.0
-    sum_w: float = 0.0
+    tally: WeightTally = WeightTally()
     log_max_weight: float = 0.0
     temperature: float = 1.0
-
-    @property
-    def value(self) -> float:
-        return self.sum_wy / self.samples if self.samples else 0.0
-
-    @property
-    def std_error(self) -> float | None:
-        """Sample standard deviation of ``w·y`` over √N; ``None`` without hits or before two samples."""
-        if self.samples < 2 or self.hits == 0:
-            return None
-        n = self.samples
-        variance = max(0.0, (self.sum_wy2 - self.sum_wy**2 / n) / (n - 1))
-        return math.sqrt(variance / n)
 
 
 class ITGIS(Estimator[ITGISState]):
@@ -119,45 +101,38 @@ class ITGIS(Estimator[ITGISState]):
              context: StepContext) -> tuple[ITGISState, StepInfo]:
         n = context.affordable(1.0 + context.backward_weight, self.options.batch_size)
         if n == 0:
-            return state, StepInfo(samples=state.samples, done=True)
+            return state, StepInfo(samples=state.tally.samples, done=True)
         proposal = Proposal.tilt(state.log_d, state.scores, self.batch_temperature(state.batches))
         tokens, log_w = proposal.sample(n, generator)
         logits, grads = problem.model.target_gradients(tokens, problem.target)
         hit = problem.target.hits(logits).cpu()
         w = log_w.exp()
-        wy = torch.where(hit, w, 0.0)
         new = replace(
             state,
             scores=self.options.decay * state.scores + grads.cpu().to(torch.float64).mean(dim=0),
             batches=state.batches + 1,
-            samples=state.samples + n,
-            hits=state.hits + int(hit.sum()),
-            sum_wy=state.sum_wy + float(wy.sum()),
-            sum_wy2=state.sum_wy2 + float((wy**2).sum()),
-            max_wy=max(state.max_wy, float(wy.max())),
-            sum_w=state.sum_w + float(w.sum()),
+            tally=state.tally.add(w, hit),
             log_max_weight=max(state.log_max_weight, proposal.log_max_weight),
             temperature=proposal.temperature,
         )
-        return new, StepInfo(value=new.value, std_error=new.std_error, samples=new.samples)
+        return new, StepInfo(value=new.tally.value, std_error=new.tally.std_error, samples=new.tally.samples)
 
     def result(self, state: ITGISState, problem: Problem, level: float) -> EstimatorOutput:
-        if state.samples == 0:
+        tally = state.tally
+        if tally.samples == 0:
             raise LowprobError("itgis drew no samples; the budget ran out before the first batch")
         # With no hits: every batch's proposal has p <= W·Pr_q[hit] with W its largest weight, so W_max over
         # the batches scales one exact bound for all of them.
-        low, high, method = importance_sampling_interval(state.value, state.std_error, state.hits, state.samples,
+        low, high, method = importance_sampling_interval(tally.value, tally.std_error, tally.hits, tally.samples,
                                                          state.log_max_weight, level)
         return EstimatorOutput(
-            value=state.value,
-            std_error=state.std_error,
+            value=tally.value,
+            std_error=tally.std_error,
             ci=ConfidenceInterval(low=low, high=high, level=level, method=method),
-            hits=state.hits,
-            samples=state.samples,
+            hits=tally.hits,
+            samples=tally.samples,
             diagnostics={
-                "hit_effective_sample_size": state.sum_wy**2 / state.sum_wy2 if state.hits else 0.0,
-                "max_weight_share": state.max_wy / state.sum_wy if state.hits else 0.0,
-                "mean_weight": state.sum_w / state.samples,
+                **tally.diagnostics(),
                 "final_temperature": state.temperature,
                 "batches": state.batches,
                 "std_error_method": "iid sample std of w*y / sqrt(N) (ignores the adaptivity)",

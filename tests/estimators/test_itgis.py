@@ -59,8 +59,8 @@ class RawHits(ITGIS):
 
     def step(self, state: ITGISState, problem, generator, context):  # type: ignore[no-untyped-def]
         new, info = super().step(state, problem, generator, context)
-        raw = replace(new, sum_wy=float(new.hits))
-        return raw, StepInfo(value=raw.value, samples=raw.samples, done=info.done)
+        raw = replace(new, tally=replace(new.tally, sum_wy=float(new.tally.hits)))
+        return raw, StepInfo(value=raw.tally.value, samples=raw.tally.samples, done=info.done)
 
 
 @pytest.mark.statistical

@@ -24,7 +24,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
-from lowprob.core.stats import importance_sampling_interval
+from lowprob.core.stats import WeightTally, importance_sampling_interval
 
 
 class UniformISOptions(EstimatorOptions):
@@ -48,28 +48,10 @@ class Proposal:
 
 @dataclass(frozen=True)
 class UniformISState:
-    """Running sums of the weights w, of w·hit and of their squares."""
+    """The proposal and the running tally of weights and weighted hits."""
 
     proposal: Proposal
-    samples: int = 0
-    hits: int = 0
-    sum_w: float = 0.0
-    sum_w2: float = 0.0
-    sum_wh: float = 0.0
-    sum_wh2: float = 0.0
-
-    @property
-    def value(self) -> float:
-        return self.sum_wh / self.samples
-
-    @property
-    def std_error(self) -> float | None:
-        """Standard error of the mean of w·hit; ``None`` before two samples or without hits."""
-        if self.samples < 2 or self.hits == 0:
-            return None
-        n = self.samples
-        variance = max(0.0, (self.sum_wh2 - n * self.value**2) / (n - 1))
-        return math.sqrt(variance / n)
+    tally: WeightTally = WeightTally()
 
 
 class UniformImportanceSampling(Estimator[UniformISState]):
@@ -90,7 +72,7 @@ class UniformImportanceSampling(Estimator[UniformISState]):
              context: StepContext) -> tuple[UniformISState, StepInfo]:
         n = context.affordable(1.0, self.options.batch_size)
         if n == 0:
-            return state, StepInfo(samples=state.samples, done=True)
+            return state, StepInfo(samples=state.tally.samples, done=True)
         proposal = state.proposal
         columns, log_w = [], torch.zeros(n, dtype=torch.float64)
         for ids, log_ratio in zip(proposal.ids, proposal.log_ratio, strict=True):
@@ -98,28 +80,20 @@ class UniformImportanceSampling(Estimator[UniformISState]):
             columns.append(ids[pick])
             log_w += log_ratio[pick]
         hit = problem.target.hits(problem.model.last_logits(torch.stack(columns, dim=1))).cpu()
-        w = log_w.exp()
-        wh = w * hit.to(torch.float64)
-        new = replace(state, samples=state.samples + n, hits=state.hits + int(hit.sum()),
-                      sum_w=state.sum_w + float(w.sum()), sum_w2=state.sum_w2 + float((w**2).sum()),
-                      sum_wh=state.sum_wh + float(wh.sum()),
-                      sum_wh2=state.sum_wh2 + float((wh**2).sum()))
-        return new, StepInfo(value=new.value, std_error=new.std_error, samples=new.samples)
+        new = replace(state, tally=state.tally.add(log_w.exp(), hit))
+        return new, StepInfo(value=new.tally.value, std_error=new.tally.std_error, samples=new.tally.samples)
 
     def result(self, state: UniformISState, problem: Problem, level: float) -> EstimatorOutput:
-        if state.samples == 0:
+        tally = state.tally
+        if tally.samples == 0:
             raise LowprobError("uniform-is drew no samples; the budget ran out before one batch")
-        low, high, method = importance_sampling_interval(state.value, state.std_error, state.hits, state.samples,
+        low, high, method = importance_sampling_interval(tally.value, tally.std_error, tally.hits, tally.samples,
                                                          state.proposal.log_max_weight, level)
         return EstimatorOutput(
-            value=state.value,
-            std_error=state.std_error,
+            value=tally.value,
+            std_error=tally.std_error,
             ci=ConfidenceInterval(low=low, high=high, level=level, method=method),
-            hits=state.hits,
-            samples=state.samples,
-            diagnostics={
-                "effective_sample_size": state.sum_w**2 / state.sum_w2,
-                "hit_effective_sample_size": state.sum_wh**2 / state.sum_wh2 if state.hits else 0.0,
-                "mean_weight": state.sum_w / state.samples,
-            },
+            hits=tally.hits,
+            samples=tally.samples,
+            diagnostics=tally.diagnostics(),
         )
