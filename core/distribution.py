@@ -19,6 +19,7 @@ from functools import cached_property
 import torch
 
 from lowprob.core.errors import LowprobError, WeightError
+from lowprob.core.random import categorical
 
 MAX_COMPONENTS = 4096
 """Largest number of mixture components one block may have after flattening nested alternatives."""
@@ -79,7 +80,7 @@ class Categorical:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self.support_size == 1:
             return self.ids.expand(n).clone()
-        idx = torch.multinomial(self.probs, n, replacement=True, generator=generator)
+        idx = categorical(self.probs, n, generator)
         return self.ids[idx]
 
     def dense_log_probs(self, vocab_size: int) -> torch.Tensor:
@@ -173,7 +174,7 @@ class Block:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self.is_factorized:
             return torch.stack([c.sample(n, generator) for c in self.components[0]], dim=1)
-        which = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        which = categorical(self.weights, n, generator)
         out = torch.empty((n, self.length), dtype=torch.int64)
         for k, comp in enumerate(self.components):
             rows = (which == k).nonzero(as_tuple=True)[0]

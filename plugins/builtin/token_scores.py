@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from lowprob.core.random import categorical
+
 
 def tilted_log_probs(log_d: torch.Tensor, scores: torch.Tensor, temperature: float) -> torch.Tensor:
     """``log q`` with ``q ∝ D · exp(scores / temperature)`` along the last axis, normalised exactly in log space."""
@@ -17,7 +19,7 @@ def tilted_log_probs(log_d: torch.Tensor, scores: torch.Tensor, temperature: flo
 
 def sample_rows(log_q: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` draws from each row of ``log_q`` ``[rows, vocab]``, as ``[n, rows]`` int64 token ids."""
-    return torch.multinomial(log_q.exp(), n, replacement=True, generator=generator).T
+    return categorical(log_q.exp(), n, generator).T
 
 
 def gather_rows(table: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

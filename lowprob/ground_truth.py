@@ -1,0 +1,182 @@
+"""Ground-truth files: how often each token is the argmax over many sampled inputs, with their provenance.
+
+A ground truth is built from *shards*: shard ``s`` is ``shard_size`` inputs drawn with a generator seeded by
+``s``, so any set of distinct shards can be counted on different machines, at different times, and merged by
+adding counts. A file records which shard seeds it holds; merging refuses overlapping seeds or mismatched
+model, distribution or shard size, so no input is ever counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowprob.core.errors import LowprobError
+from lowprob.results import write_atomic
+
+FORMAT = "lowprob-ground-truth/1"
+SHIPPED_PACKAGE = "lowprob"
+SHIPPED_DIR = "data/ground_truth"
+"""Package-data folder (under ``lowprob``) of the shipped ground truths, one ``<model>/<distribution>.json``."""
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Argmax counts over ``samples`` inputs of ``distribution`` for ``model``, for every token at once.
+
+    ``reservoir`` keeps up to ``reservoir_size`` exact hitting inputs (token-id lists) per token whose count
+    is small, so estimators that need samples from the target (twisted-SMC upper bounds) can use them.
+    """
+
+    model: str
+    distribution: str
+    distribution_hash: str
+    d_vocab: int
+    shard_size: int
+    seeds: tuple[int, ...]
+    counts: np.ndarray
+    reservoir: Mapping[int, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
+    reservoir_size: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.counts.shape != (self.d_vocab,):
+            raise LowprobError(f"ground truth counts have shape {list(self.counts.shape)}, expected [{self.d_vocab}]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise LowprobError("ground truth lists a shard seed twice")
+        if int(self.counts.sum()) != self.samples:
+            raise LowprobError(f"ground truth counts sum to {int(self.counts.sum())}, not {self.samples} samples")
+
+    @property
+    def samples(self) -> int:
+        """Number of inputs counted."""
+        return len(self.seeds) * self.shard_size
+
+    def probability(self, token: int) -> float:
+        """The empirical probability that ``token`` is the argmax."""
+        return float(self.counts[token]) / self.samples if self.samples else math.nan
+
+    def probabilities(self) -> np.ndarray:
+        """Empirical probabilities of every token, ``[d_vocab]`` float64."""
+        return self.counts / max(self.samples, 1)
+
+    def relative_error(self, token: int) -> float:
+        """Binomial relative standard error of :meth:`probability` (``inf`` with no hits)."""
+        k = int(self.counts[token])
+        return math.inf if k == 0 else math.sqrt((1 - k / self.samples) / k)
+
+    def hits(self, token: int) -> tuple[tuple[int, ...], ...]:
+        """Stored hitting inputs of ``token`` (possibly fewer than its count, possibly none)."""
+        return tuple(self.reservoir.get(token, ()))
+
+    def merge(self, other: GroundTruth) -> GroundTruth:
+        """The ground truth over both files' shards; they must describe the same model, distribution and shards."""
+        for name in ("model", "distribution", "distribution_hash", "d_vocab", "shard_size"):
+            if getattr(self, name) != getattr(other, name):
+                raise LowprobError(f"cannot merge ground truths with different {name}: "
+                                   f"{getattr(self, name)!r} vs {getattr(other, name)!r}")
+        overlap = sorted(set(self.seeds) & set(other.seeds))
+        if overlap:
+            raise LowprobError(f"cannot merge ground truths that share shard seeds {overlap[:5]}"
+                               f"{' ...' if len(overlap) > 5 else ''}: those inputs would be counted twice")
+        size = max(self.reservoir_size, other.reservoir_size)
+        reservoir = {t: tuple([*self.hits(t), *other.hits(t)][:size])
+                     for t in sorted(set(self.reservoir) | set(other.reservoir))}
+        return GroundTruth(self.model, self.distribution, self.distribution_hash, self.d_vocab, self.shard_size,
+                           tuple(sorted(self.seeds + other.seeds)), self.counts + other.counts, reservoir, size,
+                           {**other.metadata, **self.metadata})
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; counts are stored sparsely as ``{token id: count}``."""
+        nonzero = np.flatnonzero(self.counts)
+        return {"format": FORMAT, "model": self.model, "distribution": self.distribution,
+                "distribution_hash": self.distribution_hash, "d_vocab": self.d_vocab, "samples": self.samples,
+                "shard_size": self.shard_size, "seeds": compress_seeds(self.seeds),
+                "metadata": dict(self.metadata),
+                "counts": {str(int(t)): int(self.counts[t]) for t in nonzero},
+                "reservoir_size": self.reservoir_size,
+                "reservoir": {str(t): [list(x) for x in xs] for t, xs in sorted(self.reservoir.items())}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str = "<data>") -> GroundTruth:
+        """Inverse of :meth:`to_json`; ``source`` names the file in errors."""
+        if data.get("format") != FORMAT:
+            raise LowprobError(f"{source}: not a lowprob ground-truth file (format {data.get('format')!r}, "
+                               f"expected {FORMAT!r})")
+        try:
+            counts = np.zeros(int(data["d_vocab"]), dtype=np.int64)
+            for token, count in data["counts"].items():
+                counts[int(token)] = int(count)
+            gt = cls(data["model"], data["distribution"], data["distribution_hash"], int(data["d_vocab"]),
+                     int(data["shard_size"]), expand_seeds(data["seeds"]), counts,
+                     {int(t): tuple(tuple(int(i) for i in x) for x in xs) for t, xs in data["reservoir"].items()},
+                     int(data["reservoir_size"]), dict(data.get("metadata", {})))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise LowprobError(f"{source}: damaged ground-truth file ({type(exc).__name__}: {exc})") from exc
+        if gt.samples != int(data["samples"]):
+            raise LowprobError(f"{source}: says {data['samples']} samples but its shards hold {gt.samples}")
+        return gt
+
+    def save(self, path: Path | str) -> None:
+        """Write atomically (a killed write never leaves a half-written file)."""
+        write_atomic(Path(path), json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+
+    @classmethod
+    def load(cls, path: Path | str) -> GroundTruth:
+        """Read a ground-truth file."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LowprobError(f"no ground-truth file at {path}") from None
+        except json.JSONDecodeError as exc:
+            raise LowprobError(f"{path}: not JSON ({exc})") from exc
+        return cls.from_json(data, str(path))
+
+
+def compress_seeds(seeds: Iterable[int]) -> list[list[int]]:
+    """Sorted seeds as inclusive ``[first, last]`` ranges: ``[0, 1, 2, 5] -> [[0, 2], [5, 5]]``."""
+    ranges: list[list[int]] = []
+    for s in sorted(seeds):
+        if ranges and s == ranges[-1][1] + 1:
+            ranges[-1][1] = s
+        else:
+            ranges.append([s, s])
+    return ranges
+
+
+def expand_seeds(ranges: Iterable[Iterable[int]]) -> tuple[int, ...]:
+    """Inverse of :func:`compress_seeds`."""
+    out: list[int] = []
+    for first, last in ranges:
+        out.extend(range(int(first), int(last) + 1))
+    return tuple(out)
+
+
+def shipped_root() -> Path:
+    """The folder holding the shipped ground truths."""
+    return Path(str(resources.files(SHIPPED_PACKAGE).joinpath(SHIPPED_DIR)))
+
+
+def shipped_pairs(root: Path | None = None) -> list[tuple[str, str]]:
+    """Every ``(model, distribution)`` with a shipped ground truth, sorted."""
+    root = root or shipped_root()
+    return sorted((p.parent.name, p.stem) for p in root.glob("*/*.json"))
+
+
+def load_shipped(model: str, distribution: str, root: Path | None = None) -> GroundTruth:
+    """The shipped ground truth of ``model`` on ``distribution``; an error lists the available pairs."""
+    root = root or shipped_root()
+    path = root / model / f"{distribution}.json"
+    if not path.exists():
+        known = ", ".join(f"{m}/{d}" for m, d in shipped_pairs(root)) or "none"
+        raise LowprobError(f"no shipped ground truth for model {model!r} on distribution {distribution!r}; "
+                           f"available: {known}")
+    return GroundTruth.load(path)
