@@ -28,11 +28,12 @@ def _thin(trace: list[TracePoint]) -> list[TracePoint]:
 
 def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, seed: int, *,
                   level: float = 0.95, progress: bool | None = None,
-                  provenance: dict[str, Any] | None = None) -> Estimate:
+                  provenance: dict[str, Any] | None = None, generator: torch.Generator | None = None) -> Estimate:
     """Run ``estimator`` on ``problem`` until ``budget`` is spent and return an :class:`Estimate`.
 
     All randomness comes from one ``torch.Generator`` seeded with ``seed``: the same seed, model,
     distribution, estimator options and budget give the same estimate (except for a ``seconds`` budget).
+    ``generator`` replaces that one (the conformance kit passes a ``lowprob.core.random.Enumerator`` here).
     """
     estimator.check_problem(problem)
     need = estimator.min_step_calls(budget.backward_weight)
@@ -40,7 +41,7 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
         raise BudgetError(
             f"a budget of {budget.model_calls} model calls is less than one step of estimator "
             f"{estimator.name!r} needs ({need:g})")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed) if generator is None else generator
     meter = problem.model
     start_cost = meter.cost
     started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

@@ -27,6 +27,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
+from lowprob.core.random import integers
 from lowprob.plugins.extrapolation import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.manager import load_registry
@@ -69,7 +70,7 @@ class ExtrapolationEstimator(Estimator[ActivationSample]):
         return self.name
 
     def init(self, problem: Problem, generator: torch.Generator) -> ActivationSample:
-        return ActivationSample(fit_seed=int(torch.randint(2**62, (1,), generator=generator)))
+        return ActivationSample(fit_seed=int(integers(2**62, (1,), generator)))
 
     def step(self, state: ActivationSample, problem: Problem, generator: torch.Generator,
              context: StepContext) -> tuple[ActivationSample, StepInfo]:

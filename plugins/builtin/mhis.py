@@ -25,6 +25,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
+from lowprob.core.random import integers, uniform
 from lowprob.core.stats import normal_interval
 from lowprob.plugins.builtin.token_scores import sample_rows, tilted_log_probs
 from lowprob.plugins.hookspecs import hookimpl
@@ -168,7 +169,7 @@ class MHIS(Estimator[MHISState]):
         temperature = self.options.temperature
         c, k = chains.tokens.shape
         rows = torch.arange(c)
-        position = torch.randint(k, (c,), generator=generator)
+        position = integers(k, (c,), generator)
         log_phi = tilted_log_probs(log_d[position], chains.grads[rows, position], temperature)
         new_token = sample_rows(log_phi, 1, generator)[0]
         old_token = chains.tokens[rows, position]
@@ -179,7 +180,7 @@ class MHIS(Estimator[MHISState]):
         log_alpha = ((proposed.score - chains.score) / temperature
                      + log_d[position, new_token] - log_d[position, old_token]
                      + log_phi_back[rows, old_token] - log_phi[rows, new_token])
-        log_u = torch.rand(c, generator=generator, dtype=torch.float64).log()
+        log_u = uniform((c,), generator, torch.float64).log()
         accept = log_u < log_alpha
         keep = ~accept
         moved = Chains(*(torch.where(_expand(keep, new), old, new) for old, new in
