@@ -4,8 +4,10 @@ A toy problem is a tiny model (a handful of tokens, a few positions) with an inp
 sequence can be run through the model, so the exact target probability is known. Two kinds of model: tiny
 random TransformerLens-native transformers, and lookup-table models whose logits are a sum of per-position
 table rows (so token gradients are exact, which makes gradient-guided proposals easy to reason about).
-``check_unbiased`` and ``check_error_bars`` run an estimator on it with fixed seeds and judge it with a
-tolerance derived from the estimator's own spread, so a biased estimator fails them.
+``check_unbiased`` computes the estimator's exact expectation where its randomness can be enumerated (every
+joint outcome of its ``lowprob.core.random`` draws, one run per path; tolerance ``EXACT_REL_TOL``) and otherwise
+judges seeded replicates (mean within 4 standard errors); ``check_error_bars`` and ``check_consistent`` run
+fixed seeds and judge with tolerances derived from the estimator's own spread, so a biased estimator fails.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
@@ -24,6 +26,7 @@ from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Estimator, Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
+from lowprob.core.random import EnumerationError, Enumerator, Expectation, expectation
 from lowprob.core.runner import run_estimator
 from lowprob.core.target import ArgmaxIs, Target
 from lowprob.core.vocabulary import ListVocabulary
@@ -132,13 +135,34 @@ def toy_problem(seed: int = 0, d_vocab: int = 6, length: int = 3, band: tuple[fl
     return ToyProblem(model, dist, ArgmaxIs(token, model.vocab.token_string(token)), exact)
 
 
+MAX_PATHS = 10_000
+"""Default cap on the runs of an exact expectation (one run per joint outcome of the estimator's draws)."""
+
+EXACT_REL_TOL = 1e-9
+"""Relative tolerance of the exact check. Path probabilities are products of a few dozen float64 factors and the
+expectation is an exactly rounded sum (``math.fsum``), so rounding moves it by about 1e-15 relative; so do the
+estimators' own float64 weights. 1e-9 leaves six orders of magnitude for that, and is far below any bias a
+replicate test could see."""
+
+UnbiasedMode = Literal["auto", "exact", "replicates"]
+"""How :func:`check_unbiased` judges: ``exact`` enumerates the estimator's draws, ``replicates`` runs seeds,
+``auto`` enumerates when it can and otherwise runs seeds."""
+
+
 @dataclass
 class CheckReport:
-    """What a statistical check measured, for assertion messages."""
+    """What a statistical check measured, for assertion messages.
+
+    ``mode`` is how it judged (``exact`` or ``replicates``); ``mean`` is the exact expectation or the replicate
+    mean (:func:`check_unbiased` only); ``paths`` is the number of enumerated paths in exact mode.
+    """
 
     passed: bool
     detail: str
     estimates: list[Estimate]
+    mode: str = "replicates"
+    mean: float | None = None
+    paths: int = 0
 
 
 def replicate(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget, seeds: range,
@@ -148,9 +172,68 @@ def replicate(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budg
     return [run_estimator(estimator, toy.problem(), budget, seed, progress=False) for seed in seeds]
 
 
+def exact_expectation(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,
+                      options: Mapping[str, Any] | None = None, max_paths: int = MAX_PATHS) -> Expectation:
+    """The exact expected estimate: one run per joint outcome of the estimator's draws, weighted by its
+    probability (see :func:`lowprob.core.random.expectation`).
+
+    Raises :class:`~lowprob.core.random.EnumerationError` when the draws cannot be enumerated within
+    ``max_paths`` runs, and torch's ``TypeError`` (with a note) when a draw bypasses ``lowprob.core.random``.
+    """
+    estimator = estimator_cls(options)
+
+    def run(enumerator: Enumerator) -> float:
+        # Deliberately not a torch.Generator: only lowprob.core.random can draw from it, anything else fails.
+        generator = cast(torch.Generator, enumerator)
+        return run_estimator(estimator, toy.problem(), budget, 0, progress=False, generator=generator).value
+
+    try:
+        return expectation(run, max_paths)
+    except (TypeError, AttributeError) as error:
+        error.add_note(f"estimator {estimator.name!r} used its generator outside lowprob.core.random, so its "
+                       "draws cannot be enumerated; draw through lowprob.core.random to allow the exact check")
+        raise
+
+
 def check_unbiased(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,
                    seeds: range = range(100), options: Mapping[str, Any] | None = None,
-                   sigmas: float = 4.0) -> CheckReport:
+                   sigmas: float = 4.0, mode: UnbiasedMode = "auto", max_paths: int = MAX_PATHS,
+                   rel_tol: float = EXACT_REL_TOL) -> CheckReport:
+    """The estimator's expected estimate equals the exact value: exactly where its draws can be enumerated,
+    otherwise (or with ``mode="replicates"``) within ``sigmas`` standard errors of seeded replicates.
+
+    ``mode="auto"`` tries the exact expectation (at most ``max_paths`` runs) and falls back to replicates,
+    saying why in ``detail``; ``mode="exact"`` raises instead of falling back. The exact check passes when the
+    expectation is within ``rel_tol`` (relative) of the exact value.
+    """
+    if mode != "replicates":
+        try:
+            return _check_exact(estimator_cls, toy, budget, options, max_paths, rel_tol)
+        except (EnumerationError, TypeError, AttributeError) as error:
+            if mode == "exact":
+                raise
+            report = _check_replicates(estimator_cls, toy, budget, seeds, options, sigmas)
+            reason = str(error).splitlines()[0]
+            report.detail = f"exact mode unavailable ({type(error).__name__}: {reason}), so replicates: {report.detail}"
+            return report
+    return _check_replicates(estimator_cls, toy, budget, seeds, options, sigmas)
+
+
+def _check_exact(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,
+                 options: Mapping[str, Any] | None, max_paths: int, rel_tol: float) -> CheckReport:
+    """The exact expectation lies within ``rel_tol`` (relative) of the exact value."""
+    result = exact_expectation(estimator_cls, toy, budget, options, max_paths)
+    scale = max(abs(result.value), toy.exact)
+    gap = abs(result.value - toy.exact) / scale if scale else 0.0
+    passed = gap <= rel_tol
+    detail = (f"exact expectation {result.value:.17g} vs exact {toy.exact:.17g}: relative gap "
+              f"{gap:.3g} (tolerance {rel_tol:g}; {result.paths} paths, "
+              f"total probability {result.mass:.17g})")
+    return CheckReport(passed, detail, [], mode="exact", mean=result.value, paths=result.paths)
+
+
+def _check_replicates(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget, seeds: range,
+                      options: Mapping[str, Any] | None, sigmas: float) -> CheckReport:
     """The mean of seeded replicate estimates lies within ``sigmas`` standard errors of the exact value.
 
     The standard error of the mean comes from the replicates' own spread, so the tolerance shrinks as the
@@ -166,7 +249,7 @@ def check_unbiased(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget:
         passed = abs(mean - toy.exact) <= sigmas * sem
     detail = (f"mean {mean:.6g} vs exact {toy.exact:.6g}: {abs(mean - toy.exact) / sem if sem else 0:.2f} "
               f"standard errors (sem {sem:.3g}, {len(values)} replicates, tolerance {sigmas})")
-    return CheckReport(passed, detail, estimates)
+    return CheckReport(passed, detail, estimates, mode="replicates", mean=mean)
 
 
 def check_error_bars(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,

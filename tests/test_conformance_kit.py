@@ -1,12 +1,46 @@
-"""The conformance kit itself: toy models behave as documented and the checks can fail."""
+"""The conformance kit itself: toy models behave as documented and the checks can fail.
+
+The exact mode of ``check_unbiased`` enumerates every joint outcome of an estimator's draws (one run per path),
+so its tests use toys and budgets with at most 729 paths; the tolerance is ``EXACT_REL_TOL`` (1e-9 relative).
+"""
+
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lowprob.core import Budget
 from lowprob.core.estimator import StepInfo
+from lowprob.core.random import Enumerator, NotEnumerable, TooManyPaths, categorical, expectation, integers
+from lowprob.plugins.builtin.itgis import ITGIS, ITGISState
+from lowprob.plugins.builtin.mhis import MHIS
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo
-from lowprob.plugins.testing import check_consistent, exact_probability, lookup_model, toy_problem
+from lowprob.plugins.testing import (
+    ToyProblem,
+    check_consistent,
+    check_unbiased,
+    exact_probability,
+    lookup_model,
+    toy_problem,
+)
+
+NAIVE_TWO = ({"batch_size": 1}, Budget(model_calls=2))
+"""Naive Monte Carlo with two samples, one per step."""
+ITGIS_TWO = ({"batch_size": 1}, Budget(model_calls=6))
+"""ITGIS with two batches of one sample (each sample costs 1 forward + 2 for the backward pass)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Toy tensors are tiny: torch's intra-op threads only add synchronisation, milliseconds per operation on a
+    busy machine, which the thousands of runs of an exact expectation multiply."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +98,170 @@ def test_check_consistent_has_teeth(lookup) -> None:  # type: ignore[no-untyped-
     report = check_consistent(StuckAfterOneBatch, lookup, [Budget(model_calls=50), Budget(model_calls=5000)],
                               options={"batch_size": 50})
     assert not report.passed, report.detail
+
+
+@pytest.fixture(scope="module")
+def small_lookup() -> ToyProblem:
+    """27 sequences: 729 paths for two samples."""
+    return toy_problem(0, d_vocab=3, length=3, model=lookup_model(positions=3, d_vocab=3, seed=0))
+
+
+@pytest.fixture(scope="module")
+def binary_lookup() -> ToyProblem:
+    """4 sequences over two tokens."""
+    return toy_problem(1, d_vocab=2, length=2, model=lookup_model(positions=2, d_vocab=2, seed=1))
+
+
+def test_expectation_enumerates_every_joint_outcome() -> None:
+    """E[x0 + x1 + x2·x3·(1 + k)] with x0, x1 ~ (1/4, 0, 3/4), x2, x3 uniform on 3 and k uniform on 2 is
+    1.5 + 1.5 + 1·1.5 = 4.5; zero-probability outcomes are skipped: 2·2·3·3·2 = 72 paths."""
+    probs = torch.tensor([[1.0, 0.0, 3.0], [1.0, 1.0, 1.0]])
+
+    def run(generator: Enumerator) -> float:
+        x = categorical(probs, 2, generator)
+        k = integers(2, (1,), generator)
+        return float(x[0].sum() + x[1].prod() * (1 + k))
+
+    result = expectation(run, max_paths=100)
+    assert result.paths == 72
+    assert result.value == pytest.approx(4.5, rel=1e-12)
+    assert result.mass == pytest.approx(1.0, rel=1e-12)
+
+
+def test_expectation_follows_draws_that_depend_on_earlier_outcomes() -> None:
+    """Stop on heads, else draw one of four: 1 + 4 paths, E = 1/2 · 0 + 1/2 · (1 + 2.5) = 1.75."""
+
+    def run(generator: Enumerator) -> float:
+        if int(categorical(torch.ones(2), 1, generator)) == 0:
+            return 0.0
+        return 1.0 + float(categorical(torch.ones(4), 1, generator)) + 1.0
+
+    result = expectation(run, max_paths=10)
+    assert (result.paths, result.value) == (5, 1.75)
+
+
+def test_enumeration_refuses_a_path_with_more_outcomes_than_the_cap() -> None:
+    with pytest.raises(TooManyPaths, match="more than max_paths=8 joint outcomes"):
+        expectation(lambda g: float(integers(3, (2,), g).sum()), max_paths=8)
+
+
+@pytest.mark.parametrize("estimator, setup", [(NaiveMonteCarlo, NAIVE_TWO), (ITGIS, ITGIS_TWO)],
+                         ids=["naive", "itgis"])
+def test_exactly_unbiased_on_the_lookup_toy(estimator: type, setup: tuple, small_lookup: ToyProblem) -> None:
+    options, budget = setup
+    report = check_unbiased(estimator, small_lookup, budget, options=options, mode="exact")
+    assert report.passed, report.detail
+    assert (report.mode, report.paths) == ("exact", 729)
+    assert report.mean == pytest.approx(small_lookup.exact, rel=1e-12), report.detail
+
+
+def test_itgis_with_two_samples_per_batch_is_exactly_unbiased(binary_lookup: ToyProblem) -> None:
+    """Two batches of two samples: 4^4 = 256 paths, the second batch's proposal adapted to the first batch."""
+    report = check_unbiased(ITGIS, binary_lookup, Budget(model_calls=12), options={"batch_size": 2},
+                            mode="exact")
+    assert report.passed, report.detail
+    assert report.paths == 256
+
+
+@pytest.mark.parametrize("estimator, setup", [(NaiveMonteCarlo, NAIVE_TWO), (ITGIS, ITGIS_TWO)],
+                         ids=["naive", "itgis"])
+def test_exactly_unbiased_on_a_tiny_transformer(estimator: type, setup: tuple) -> None:
+    """A TransformerLens toy with 16 sequences: 256 paths."""
+    toy = toy_problem(0, d_vocab=4, length=2)
+    options, budget = setup
+    report = check_unbiased(estimator, toy, budget, options=options)
+    assert report.passed, report.detail
+    assert (report.mode, report.paths) == ("exact", 256)
+
+
+class RawHits(ITGIS):
+    """A deliberately biased ITGIS: it counts raw hits under the tilted proposal, dropping the weights."""
+
+    name = "itgis-raw-hits"
+
+    def step(self, state: ITGISState, problem, generator, context):  # type: ignore[no-untyped-def]
+        new, info = super().step(state, problem, generator, context)
+        raw = replace(new, tally=replace(new.tally, sum_wy=float(new.tally.hits)))
+        return raw, StepInfo(value=raw.tally.value, samples=raw.tally.samples, done=info.done)
+
+
+def test_the_exact_check_has_teeth(small_lookup: ToyProblem) -> None:
+    options, budget = ITGIS_TWO
+    report = check_unbiased(RawHits, small_lookup, budget, options=options, mode="exact")
+    assert report.mode == "exact"
+    assert not report.passed, report.detail
+    assert report.mean is not None and abs(report.mean - small_lookup.exact) > 1e-3, report.detail
+    assert "exact expectation" in report.detail
+
+
+MHIS_OPTIONS = {"chains": 2, "burn_in": 0}
+MHIS_BUDGET = Budget(model_calls=12)
+"""Initial states and one recorded step of two chains (each chain state costs 1 forward + 2 backward)."""
+
+
+def test_mhis_is_not_enumerable_in_exact_mode(binary_lookup: ToyProblem) -> None:
+    """Its Metropolis–Hastings acceptance is a continuous uniform draw."""
+    with pytest.raises(NotEnumerable, match="continuous"):
+        check_unbiased(MHIS, binary_lookup, MHIS_BUDGET, options=MHIS_OPTIONS, mode="exact")
+
+
+def test_mhis_falls_back_to_replicates_in_auto_mode(binary_lookup: ToyProblem) -> None:
+    report = check_unbiased(MHIS, binary_lookup, MHIS_BUDGET, seeds=range(4), options=MHIS_OPTIONS)
+    assert report.mode == "replicates"
+    assert len(report.estimates) == 4
+    assert "NotEnumerable" in report.detail and "replicates" in report.detail
+
+
+class DirectDraw(NaiveMonteCarlo):
+    """Draws straight from torch with its generator, bypassing lowprob.core.random."""
+
+    name = "direct-draw"
+
+    def step(self, state, problem, generator, context):  # type: ignore[no-untyped-def]
+        torch.rand(1, generator=generator)
+        return super().step(state, problem, generator, context)
+
+
+class GlobalDraw(NaiveMonteCarlo):
+    """Draws from torch's global generator."""
+
+    name = "global-draw"
+
+    def step(self, state, problem, generator, context):  # type: ignore[no-untyped-def]
+        torch.rand(1)
+        return super().step(state, problem, generator, context)
+
+
+def test_a_draw_bypassing_core_random_is_refused(binary_lookup: ToyProblem) -> None:
+    options, budget = NAIVE_TWO
+    with pytest.raises(TypeError, match="Enumerator") as raised:
+        check_unbiased(DirectDraw, binary_lookup, budget, options=options, mode="exact")
+    assert any("lowprob.core.random" in note for note in raised.value.__notes__)
+    with pytest.raises(NotEnumerable, match="global generator"):
+        check_unbiased(GlobalDraw, binary_lookup, budget, options=options, mode="exact")
+    report = check_unbiased(DirectDraw, binary_lookup, budget, seeds=range(3), options=options)
+    assert report.mode == "replicates" and "TypeError" in report.detail
+
+
+def test_the_path_cap_is_clear_and_auto_mode_falls_back(small_lookup: ToyProblem) -> None:
+    options, budget = NAIVE_TWO
+    with pytest.raises(TooManyPaths, match="max_paths=100"):
+        check_unbiased(NaiveMonteCarlo, small_lookup, budget, options=options, mode="exact", max_paths=100)
+    report = check_unbiased(NaiveMonteCarlo, small_lookup, budget, seeds=range(20), options=options,
+                            max_paths=100)
+    assert report.mode == "replicates" and "TooManyPaths" in report.detail
+
+
+@settings(max_examples=5)
+@given(seed=st.integers(min_value=0, max_value=10_000), shape=st.sampled_from([(3, 3), (2, 3), (3, 2), (2, 2)]))
+def test_naive_and_itgis_are_exactly_unbiased_on_random_toys(seed: int, shape: tuple[int, int]) -> None:
+    """Property: on any random lookup-table toy (at most 27 sequences, so at most 729 paths)."""
+    d_vocab, length = shape
+    model = lookup_model(positions=length, d_vocab=d_vocab, seed=seed)
+    try:
+        toy = toy_problem(seed, d_vocab=d_vocab, length=length, band=(1e-3, 0.5), model=model)
+    except ValueError:  # no token in the probability band for this model; nothing to test
+        return
+    for estimator, (options, budget) in ((NaiveMonteCarlo, NAIVE_TWO), (ITGIS, ITGIS_TWO)):
+        report = check_unbiased(estimator, toy, budget, options=options, mode="exact")
+        assert report.passed, report.detail
