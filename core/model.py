@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lowprob.core.errors import LowprobError
+from lowprob.core.fast_forward import FastForward
 from lowprob.core.target import Target
 from lowprob.core.vocabulary import Vocabulary
 
@@ -22,11 +23,14 @@ PRE_UNEMBED_HOOK = "ln_final.hook_out"
 class ModelAdapter:
     """Wraps a TransformerLens 4 model (a ``TransformerBridge``) and its vocabulary.
 
-    ``chunk_size`` bounds how many sequences go through the model at once (memory, not semantics).
+    ``chunk_size`` bounds how many sequences go through the model at once (memory, not semantics). With
+    ``fast`` (the default) the last-position methods use :class:`~lowprob.core.fast_forward.FastForward` when
+    the model's architecture allows it (checked against the model's own forward at load time); ``fast_path``
+    says whether it is in use.
     """
 
     def __init__(self, model: Any, vocab: Vocabulary, name: str, chunk_size: int = 1024,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", fast: bool = True) -> None:
         self.model = model
         self.vocab = vocab
         self.name = name
@@ -42,6 +46,7 @@ class ModelAdapter:
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
+        self.fast_path: FastForward | None = FastForward.from_model(model) if fast else None
 
     @property
     def W_E(self) -> torch.Tensor:  # noqa: N802 - TransformerLens naming
@@ -63,9 +68,9 @@ class ModelAdapter:
 
     def _last(self, tokens: torch.Tensor, hooks: list[tuple[str, Any]] | None = None,
               keep: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Last-position logits ``[batch, d_vocab]``: the final residual is cut to the last position before the
-        unembedding, so the other positions' logits are never computed (equal to the full forward up to
-        float32 rounding). ``keep`` receives the pre-unembed activations when given."""
+        """Last-position logits ``[batch, d_vocab]`` through the reference TransformerBridge forward: the final
+        residual is cut to the last position before the unembedding, so the other positions' logits are never
+        computed. ``keep`` receives the pre-unembed activations when given."""
 
         def last_only(act: torch.Tensor, hook: Any) -> torch.Tensor:
             if keep is not None:
@@ -75,11 +80,20 @@ class ModelAdapter:
         logits = self.model.run_with_hooks(tokens, fwd_hooks=[*(hooks or []), (PRE_UNEMBED_HOOK, last_only)])
         return logits[:, -1, :].float()
 
+    def _activations(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pre-unembed activations, logits)`` at the last position, by the fast path when there is one."""
+        if self.fast_path is not None:
+            a, logits = self.fast_path.last_activations(tokens)
+            return a.float(), logits.float()
+        keep: dict[str, torch.Tensor] = {}
+        logits = self._last(tokens, keep=keep)
+        return keep["a"], logits
+
     @torch.no_grad()
     def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits at the last position, ``[batch, d_vocab]`` float32."""
         tokens = self._check(tokens)
-        parts = self._chunks(tokens, self._last)
+        parts = self._chunks(tokens, lambda t: self._activations(t)[1])
         return torch.cat(parts) if parts else torch.empty((0, self.d_vocab))
 
     @torch.no_grad()
@@ -89,13 +103,7 @@ class ModelAdapter:
         Returns ``(activations [batch, d_model], logits [batch, d_vocab])``; ``logits == activations @ W_U``.
         """
         tokens = self._check(tokens)
-
-        def run(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            keep: dict[str, torch.Tensor] = {}
-            logits = self._last(t, keep=keep)
-            return keep["a"], logits
-
-        parts = self._chunks(tokens, run)
+        parts = self._chunks(tokens, self._activations)
         return torch.cat([a for a, _ in parts]), torch.cat([lg for _, lg in parts])
 
     def target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +125,11 @@ class ModelAdapter:
                 return store["e"]
 
             with torch.enable_grad():
-                logits = self._last(t, hooks=[(EMBED_HOOK, leaf)])
+                if self.fast_path is not None:
+                    store["e"] = self.fast_path.W_E[t].detach().requires_grad_(True)
+                    logits = self.fast_path.from_embeddings(store["e"])[1].float()
+                else:
+                    logits = self._last(t, hooks=[(EMBED_HOOK, leaf)])
                 score = torch.logsumexp(logits[:, ids], dim=-1) if ids.numel() > 1 else logits[:, ids[0]]
                 score.sum().backward()
             grad = store["e"].grad
@@ -126,3 +138,32 @@ class ModelAdapter:
 
         parts = self._chunks(tokens, run)
         return torch.cat([lg for lg, _ in parts]), torch.cat([g for _, g in parts])
+
+    @torch.no_grad()
+    def activations(self, tokens: torch.Tensor, hook: str) -> torch.Tensor:
+        """Activations at the TransformerLens hook point ``hook`` for every position, ``[batch, positions, d]``
+        float32. In a causal model position ``i`` depends only on tokens ``≤ i``, so one pass gives the features
+        of every prefix (twisted SMC's twist heads read them). Only the last position is unembedded."""
+        tokens = self._check(tokens)
+
+        def run(t: torch.Tensor) -> torch.Tensor:
+            keep: dict[str, torch.Tensor] = {}
+
+            def grab(act: torch.Tensor, hook_point: Any) -> torch.Tensor:
+                keep["a"] = act.detach().float().clone()
+                return act
+
+            def last_only(act: torch.Tensor, hook_point: Any) -> torch.Tensor:
+                if hook == PRE_UNEMBED_HOOK:
+                    grab(act, hook_point)
+                return act[:, -1:, :]
+
+            hooks = [] if hook == PRE_UNEMBED_HOOK else [(hook, grab)]
+            self.model.run_with_hooks(t, fwd_hooks=[*hooks, (PRE_UNEMBED_HOOK, last_only)])
+            if "a" not in keep:
+                raise LowprobError(f"hook point {hook!r} did not fire in model {self.name!r}; use a TransformerLens "
+                                   "hook name such as 'blocks.0.hook_resid_post' or 'ln_final.hook_out'")
+            return keep["a"]
+
+        parts = self._chunks(tokens, run)
+        return torch.cat(parts) if parts else torch.empty((0, tokens.shape[1], self.d_model))
