@@ -214,6 +214,61 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
     click.echo(f"results: {exp.output}")
 
 
+@main.command(name="reproduce")
+@click.option("--quick", is_flag=True, help="The shipped quick variant (≤ 20 minutes on a 2-core CPU).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="A reproduce config (TOML) instead of the shipped one.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: the config's `output`, relative to the working directory).")
+@click.option("--only-model", default=None, help="Run only this model of the config (the report covers all).")
+@click.option("--only-distribution", default=None, help="Run only this distribution of the config.")
+@click.option("--dry-run", is_flag=True, help="Validate and show the plan (bands, budgets, pending rows); run nothing.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar over model calls.")
+def reproduce_command(quick: bool, config_path: Path | None, output: Path | None, only_model: str | None,
+                      only_distribution: str | None, dry_run: bool, progress: bool | None) -> None:
+    """Run the paper's evaluation protocol: tuned temperatures, every method on seeded targets, loss tables.
+
+    \b
+    Example:
+      lowprob reproduce --quick
+      lowprob reproduce --only-model lowprob-1l --output results/repro
+    Resumable: rerunning skips estimates already in <output>/results.jsonl. Writes losses.md, losses.json and
+    figures/<model>/*.svg. See docs/protocol.md.
+    """
+    from lowprob import reproduce as rp
+
+    if quick and config_path is not None:
+        raise LowprobError("--quick picks the shipped quick config; give it or --config, not both")
+    registry = _registry()
+    repro = rp.plan(config_path or rp.shipped_config(quick), registry, output)
+    pairs = rp.select_pairs(repro, only_model, only_distribution)
+    click.echo(rp.describe_plan(repro, pairs))
+    todo = rp.pending(repro, pairs)
+    click.echo(f"{repro.config.name}: {len(todo)} estimates to run, output {repro.output}")
+    if dry_run:
+        return
+    bar = progress_bar(sum(r.method.budget.model_calls or 0 for r in todo), "reproduce", progress)
+    current: list[str] = []
+
+    def report(record: dict[str, Any], calls: float) -> None:
+        bar.update(calls)
+        pair = f"{record['model']} / {record['distribution']}"
+        if current != [pair]:
+            current[:] = [pair]
+            bar.write(f"  {pair}")
+        if "error" in record:
+            bar.write(f"    {record['method']}: {record['error'].splitlines()[0]}")
+
+    try:
+        for _ in rp.run(repro, registry, pairs, on_row=report):
+            pass
+    finally:
+        bar.close()
+    for path in rp.write_report(repro)[:2]:
+        click.echo(f"wrote {path}")
+    click.echo(f"figures: {repro.output / 'figures'}")
+
+
 @main.command()
 @click.argument("spec")
 @click.option("--model", default=None, help="Model whose tokenizer and context the spec compiles against.")

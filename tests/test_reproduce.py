@@ -1,0 +1,151 @@
+"""`lowprob reproduce` end to end on tiny exhaustively counted problems: rows, tables, figures, resuming, errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from lowprob import reproduce as rp
+from lowprob.api import SpecSource, compile_source
+from lowprob.cli import main
+from lowprob.core.errors import LowprobError
+from lowprob.ground_truth import GroundTruth
+from lowprob.plugins import Registry, load_registry
+from lowprob.plugins.testing import argmax_probabilities
+
+SPECS = {
+    "tiny": 'tokens small = /^[0-9a-f]$/\ndist main = BOS small small small\n',  # 4096 equally likely inputs
+    "alt": 'tokens small = /^[0-9a-f]$/\ndist main = BOS ("a" small | "b" "c") small\n',  # not factorized
+}
+CONFIG = """
+name = "tiny"
+output = "out"
+ground_truth = "gt"
+models = ["random-1l"]
+distributions = ["tiny.lp", "alt.lp"]
+[targets]
+n_test = 3
+n_tuning = 2
+band = [0.002, 0.0147]
+tuning_band = [0.0147, 0.3]
+[budget]
+scale = 0.001953125
+[temperatures]
+values = [0.5, 2.0]
+[[methods]]
+name = "naive"
+[[methods]]
+name = "itgis"
+scale_options = { batch_size = 0.5 }
+[[methods]]
+name = "gld"
+[[methods]]
+name = "optimal-constant"
+"""
+
+
+def _ground_truth(registry: Registry, name: str) -> GroundTruth:
+    """Exact argmax counts as if 4096 inputs were drawn in exact proportion (every input is a multiple of 1/4096)."""
+    compiled = compile_source(registry, SpecSource(SPECS[name], f"<{name}>", name), model="random-1l")
+    dist = compiled.spec.distribution(None)
+    samples = 4096
+    counts = (argmax_probabilities(compiled.model, dist) * samples).round().long().numpy()
+    return GroundTruth("random-1l", name, dist.content_hash, compiled.model.d_vocab, samples, (0,), counts)
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry()
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> rp.Reproduction:
+    """The tiny config planned and run once (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("repro")
+    for name, text in SPECS.items():
+        (root / f"{name}.lp").write_text(text)
+        _ground_truth(registry, name).save(root / "gt" / "random-1l" / f"{name}.json")
+    (root / "cfg.toml").write_text(CONFIG)
+    repro = rp.plan(root / "cfg.toml", registry, output=root / "out")
+    list(rp.run(repro, registry, repro.pairs))
+    rp.write_report(repro)
+    return repro
+
+
+def test_rows_tables_and_figures_are_written(done: rp.Reproduction) -> None:
+    rows = list(done.results.rows())
+    tiny = [r for r in rows if r["distribution"] == "tiny"]
+    assert len([r for r in tiny if r["phase"] == "tune"]) == 2 * 2  # itgis × 2 temperatures × 2 tokens
+    assert len([r for r in tiny if r["phase"] == "test"]) == 4 * 3
+    assert all("estimate" in r for r in rows if r["phase"] != "unsupported")
+    chosen = {r["temperature"] for r in tiny if r["phase"] == "test" and r["method"] == "itgis"}
+    assert len(chosen) == 1 and chosen <= {0.5, 2.0}
+    alt = [r for r in rows if r["distribution"] == "alt"]
+    assert [r["method"] for r in alt if r["phase"] == "unsupported"] == ["itgis"]
+    assert "independent positions" in next(r["error"] for r in alt if r["phase"] == "unsupported")
+
+    losses = json.loads((done.output / "losses.json").read_text())
+    pair = next(p for p in losses["pairs"] if p["distribution"] == "tiny")
+    assert pair["methods"]["naive"]["n"] == 3 and pair["methods"]["itgis"]["temperature"] in (0.5, 2.0)
+    assert set(pair["methods"]["itgis"]["tuning_losses"]) == {"0.5", "2"}
+    constant = pair["methods"]["optimal-constant"]
+    p_tuning = [done.pairs[0].p(t) for t in pair["tuning_tokens"]]
+    assert constant["options"]["value"] == pytest.approx(sum(p_tuning) / len(p_tuning))
+    table = (done.output / "losses.md").read_text()
+    assert "| distribution | naive | itgis | gld | optimal-constant |" in table
+    assert "| alt |" in table and "n/a" in table
+    for name in ("scatter-naive.svg", "scatter-itgis.svg", "losses.svg"):
+        svg = (done.output / "figures" / "random-1l" / name).read_text()
+        assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
+
+
+def test_rerun_skips_done_rows_and_resumes_after_a_kill(done: rp.Reproduction, registry: Registry) -> None:
+    again = rp.plan(done.path, registry, output=done.output)
+    assert rp.pending(again, again.pairs) == []
+    assert list(rp.run(again, registry, again.pairs)) == []
+    path = done.results.path
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-2]) + lines[-2][:15])  # killed while writing the second-to-last row
+    assert len(rp.pending(again, again.pairs)) == 2
+    assert len(list(rp.run(again, registry, again.pairs))) == 2
+    assert len(path.read_bytes().splitlines()) == len(lines)
+
+
+def test_cli_reproduce_reports_and_filters(done: rp.Reproduction) -> None:
+    args = ["reproduce", "--config", str(done.path), "--output", str(done.output), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "0 estimates to run" in result.output and "losses.md" in result.output
+    result = CliRunner().invoke(main, [*args, "--only-model", "lowprob-4l"])
+    assert result.exit_code == 1 and "model 'lowprob-4l' is not in" in result.output
+    result = CliRunner().invoke(main, ["reproduce", "--quick", "--config", str(done.path)])
+    assert result.exit_code == 1 and "not both" in result.output
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('name = "gld"', 'name = "no-such"', "unknown estimator 'no-such'; known estimators: .*itgis.*naive"),
+    ('name = "gld"', 'name = "gld"\noptionz = 1', r"methods.2.optionz: Extra inputs are not permitted"),
+    ("batch_size = 0.5", "chains = 0.5", "scale_options names 'chains', not an option of estimator 'itgis'"),
+    ('name = "gld"', 'name = "gld"\noptions = { batch = 3 }', "invalid options for estimator 'gld'"),
+    ('models = ["random-1l"]', 'models = ["nope-1l"]', "unknown model 'nope-1l'; known models:"),
+    ('models = ["random-1l"]', 'models = ["random-2l"]',
+     "no shipped ground truth for model 'random-2l' on distribution 'tiny'; available: random-1l/alt, random-1l/tiny"),
+    ("tuning_band = [0.0147, 0.3]", "", "give both 'band' and 'tuning_band'"),
+    ("band = [0.002, 0.0147]", "band = [0.5, 0.6]", "no test token has a ground truth in the band"),
+    ('name = "gld"', 'name = "mhis"', "less than one step needs"),
+])
+def test_bad_configs_fail_clearly(done: rp.Reproduction, registry: Registry, old: str, new: str,
+                                  message: str) -> None:
+    assert old in CONFIG
+    path = done.path.parent / "bad.toml"
+    path.write_text(CONFIG.replace(old, new, 1))
+    with pytest.raises(LowprobError, match=message):
+        rp.plan(path, registry)
+
+
+def test_missing_config_and_shipped_configs_parse() -> None:
+    with pytest.raises(LowprobError, match="does not exist"):
+        rp.read_config("/nonexistent/reproduce.toml")
+    for quick in (False, True):
+        config = rp.read_config(rp.shipped_config(quick))
+        assert len(config.distributions) == 8
