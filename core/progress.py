@@ -18,7 +18,7 @@ def progress_enabled(requested: bool | None = None) -> bool:
     return sys.stderr.isatty()
 
 
-def progress_bar(total: float | None, description: str, enabled: bool | None = None) -> Any:
-    """A tqdm bar over model calls (or steps when ``total`` is None)."""
-    return tqdm(total=total, desc=description, unit="call", unit_scale=True, leave=False,
+def progress_bar(total: float | None, description: str, enabled: bool | None = None, unit: str = "call") -> Any:
+    """A tqdm bar over model calls (or other ``unit``s; steps when ``total`` is None) with rate and ETA."""
+    return tqdm(total=total, desc=description, unit=unit, unit_scale=True, leave=False,
                 disable=not progress_enabled(enabled), dynamic_ncols=True)

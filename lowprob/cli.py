@@ -386,6 +386,96 @@ def distributions() -> None:
     click.echo(format_table(["distribution", "plugin", "description"], rows))
 
 
+@main.group(name="ground-truth")
+def ground_truth() -> None:
+    """Count how often each token is the argmax over many sampled inputs (sharded, resumable, mergeable)."""
+
+
+def _power_of_two(value: str) -> int:
+    """An integer, or ``2^k``."""
+    base, caret, exponent = value.partition("^")
+    try:
+        return int(base) ** int(exponent) if caret else int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an integer or 2^k") from None
+
+
+@ground_truth.command(name="run")
+@click.argument("spec")
+@click.option("--model", default=None, help="Model name (default: the registry's default model).")
+@click.option("--distribution", default=None, help="Which `dist` of the spec (default: main or the only one).")
+@click.option("--samples", required=True, help="Inputs to count, an integer or 2^k (a multiple of the shard size).")
+@click.option("--shard-size", default="2^16", show_default=True, help="Inputs per shard (the unit of resume).")
+@click.option("--first-seed", type=int, default=0, show_default=True,
+              help="First shard seed; give other machines disjoint seed ranges and merge their files.")
+@click.option("--reservoir", type=int, default=8, show_default=True, help="Hitting inputs kept per rare token.")
+@click.option("--reservoir-max-p", type=float, default=1e-3, show_default=True,
+              help="Tokens more frequent than this keep no hitting inputs.")
+@click.option("--batch-size", type=int, default=4096, show_default=True)
+@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--output", type=click.Path(path_type=Path), required=True, help="Ground-truth file (resumed if there).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
+def ground_truth_run(spec: str, model: str | None, distribution: str | None, samples: str, shard_size: str,
+                     first_seed: int, reservoir: int, reservoir_max_p: float, batch_size: int, device: str | None,
+                     output: Path, progress: bool | None) -> None:
+    """Count argmax tokens of SPEC's inputs (a registered distribution, a spec file or DSL text).
+
+    \b
+    Example:
+      lowprob ground-truth run caps --model lowprob-1l --samples 2^20 --output gt/lowprob-1l/caps.json
+    """
+    from lowprob.core.model import ModelAdapter
+    from lowprob.ground_truth import run_ground_truth
+
+    registry = _registry()
+    source = resolve_spec(spec, registry)
+    compiled = compile_source(registry, source, model=model)
+    adapter = compiled.model
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cpu":
+        adapter = ModelAdapter(adapter.model.to(device), adapter.vocab, adapter.name, device=device)
+    dist = compiled.spec.distribution(distribution)
+    total = run_ground_truth(adapter, dist, source.name if distribution is None else distribution, output,
+                             samples=_power_of_two(samples), shard_size=_power_of_two(shard_size),
+                             first_seed=first_seed, reservoir_size=reservoir, reservoir_max_p=reservoir_max_p,
+                             batch_size=batch_size, progress=progress)
+    _show_ground_truth(total, output)
+
+
+@ground_truth.command(name="merge")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(path_type=Path), required=True)
+def ground_truth_merge(files: tuple[Path, ...], output: Path) -> None:
+    """Merge ground-truth files with disjoint shard seeds (e.g. from several machines) into one."""
+    from lowprob.ground_truth import GroundTruth
+
+    total = GroundTruth.load(files[0])
+    for path in files[1:]:
+        total = total.merge(GroundTruth.load(path))
+    total.save(output)
+    _show_ground_truth(total, output)
+
+
+@ground_truth.command(name="show")
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--top", type=int, default=10, show_default=True, help="Most frequent argmax tokens to list.")
+def ground_truth_show(file: Path, top: int) -> None:
+    """Summarise a ground-truth file."""
+    from lowprob.ground_truth import GroundTruth
+
+    _show_ground_truth(GroundTruth.load(file), file, top)
+
+
+def _show_ground_truth(gt: Any, path: Path, top: int = 0) -> None:
+    click.echo(f"{path}: {gt.model} on {gt.distribution} (hash {gt.distribution_hash[:16]}), {gt.samples} samples "
+               f"in {len(gt.seeds)} shards of {gt.shard_size}, {int((gt.counts > 0).sum())} tokens seen, "
+               f"{gt.metadata.get('seconds', '?')} s counting")
+    order = gt.counts.argsort()[::-1][:top]
+    for t in order:
+        if gt.counts[t]:
+            click.echo(f"  {int(t):>6}  {int(gt.counts[t]):>12}  p = {gt.probability(int(t)):.3e}")
+
+
 @main.command(name="freq-table")
 @click.argument("textfiles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tokenizer", "tokenizer_path", required=True, type=click.Path(exists=True, dir_okay=False,

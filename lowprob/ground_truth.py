@@ -8,23 +8,35 @@ model, distribution or shard size, so no input is ever counted twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from lowprob import __version__
+from lowprob.core.counting import count_argmax
+from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
+from lowprob.core.fast_forward import FirstLayerTable
+from lowprob.core.model import ModelAdapter
+from lowprob.core.progress import progress_bar
 from lowprob.results import write_atomic
 
 FORMAT = "lowprob-ground-truth/1"
 SHIPPED_PACKAGE = "lowprob"
 SHIPPED_DIR = "data/ground_truth"
 """Package-data folder (under ``lowprob``) of the shipped ground truths, one ``<model>/<distribution>.json``."""
+TABLE_BYTES_LIMIT = 1 << 30
+"""First-layer tables larger than this are not built (the fast path then computes the first layer)."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +98,18 @@ class GroundTruth:
         if overlap:
             raise LowprobError(f"cannot merge ground truths that share shard seeds {overlap[:5]}"
                                f"{' ...' if len(overlap) > 5 else ''}: those inputs would be counted twice")
+        first, second = (self, other) if min(self.seeds, default=0) <= min(other.seeds, default=0) else (other, self)
         size = max(self.reservoir_size, other.reservoir_size)
-        reservoir = {t: tuple([*self.hits(t), *other.hits(t)][:size])
-                     for t in sorted(set(self.reservoir) | set(other.reservoir))}
+        counts = self.counts + other.counts
+        samples = self.samples + other.samples
+        max_p = float(self.metadata.get("reservoir_max_p", 1.0))
+        reservoir = {t: tuple([*first.hits(t), *second.hits(t)][:size])
+                     for t in sorted(set(self.reservoir) | set(other.reservoir)) if counts[t] <= max_p * samples}
         return GroundTruth(self.model, self.distribution, self.distribution_hash, self.d_vocab, self.shard_size,
-                           tuple(sorted(self.seeds + other.seeds)), self.counts + other.counts, reservoir, size,
-                           {**other.metadata, **self.metadata})
+                           tuple(sorted(self.seeds + other.seeds)), counts, reservoir, size,
+                           {**second.metadata, **first.metadata,
+                            "seconds": round(float(self.metadata.get("seconds", 0)) + float(
+                                other.metadata.get("seconds", 0)), 1)})
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; counts are stored sparsely as ``{token id: count}``."""
@@ -180,3 +198,84 @@ def load_shipped(model: str, distribution: str, root: Path | None = None) -> Gro
         raise LowprobError(f"no shipped ground truth for model {model!r} on distribution {distribution!r}; "
                            f"available: {known}")
     return GroundTruth.load(path)
+
+
+def shard_generator(seed: int) -> torch.Generator:
+    """The generator of shard ``seed``: seeded by a hash of it, so ground-truth inputs never coincide with
+    the inputs an estimator run with a small integer seed draws."""
+    digest = hashlib.sha256(f"lowprob-ground-truth/{seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def _logits_fn(adapter: ModelAdapter,
+               distribution: InputDistribution) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """Last-position logits for this distribution's inputs: the fast path with first-layer tables when the
+    model allows it and the tables fit in memory, else the adapter's own path."""
+    fast = adapter.fast_path
+    if fast is None:
+        return adapter.last_logits, "reference"
+    support = (distribution.dense_log_probs() > -math.inf).to(fast.W_E.device)
+    width = 3 * fast.n_heads * fast.d_head
+    table: FirstLayerTable | None = None
+    if int(support.sum()) * width * fast.W_E.element_size() <= TABLE_BYTES_LIMIT:
+        table = fast.first_layer_table(support)
+    device = fast.W_E.device
+
+    def logits(tokens: torch.Tensor) -> torch.Tensor:
+        return fast.last_logits(tokens.to(device), table)
+
+    return logits, "fast+tables" if table is not None else "fast"
+
+
+def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: str, seed: int, shard_size: int, *,
+                reservoir_size: int = 8, reservoir_max_p: float = 1e-3, batch_size: int = 4096,
+                on_batch: Any = None) -> GroundTruth:
+    """Shard ``seed`` of the ground truth of ``adapter`` on ``distribution`` (named ``name``)."""
+    if distribution.length > adapter.n_ctx:
+        raise LowprobError(f"distribution {name!r} has {distribution.length} positions; model {adapter.name!r} "
+                           f"takes at most {adapter.n_ctx}")
+    logits, path = _logits_fn(adapter, distribution)
+    started = time.perf_counter()
+    tally = count_argmax(logits, distribution, shard_size, shard_generator(seed), batch_size=batch_size,
+                         reservoir_size=reservoir_size, on_batch=on_batch)
+    counts = tally.counts.numpy()
+    reservoir = {t: tuple(xs) for t, xs in sorted(tally.hits.items()) if counts[t] <= reservoir_max_p * shard_size}
+    metadata = {"reservoir_max_p": reservoir_max_p, "forward": path,
+                "seconds": round(time.perf_counter() - started, 1), "lowprob": __version__,
+                "torch": torch.__version__, "device": str(adapter.fast_path.W_E.device if adapter.fast_path
+                                                          else adapter.device),
+                "machine": platform.machine(), "seed_derivation": "sha256('lowprob-ground-truth/<seed>')[:8] >> 1"}
+    return GroundTruth(adapter.name, name, distribution.content_hash, adapter.d_vocab, shard_size, (seed,),
+                       counts.astype(np.int64), reservoir, reservoir_size, metadata)
+
+
+def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, name: str, output: Path, *,
+                     samples: int, shard_size: int = 1 << 16, first_seed: int = 0, reservoir_size: int = 8,
+                     reservoir_max_p: float = 1e-3, batch_size: int = 4096,
+                     progress: bool | None = None) -> GroundTruth:
+    """Count shards ``first_seed ..`` until ``samples`` inputs are in ``output``, resuming what is there.
+
+    After each shard the merged file is rewritten atomically, so a run killed at any point loses at most the
+    shard in progress, and rerunning it gives bit-identical counts.
+    """
+    if samples <= 0 or samples % shard_size:
+        raise LowprobError(f"samples ({samples}) must be a positive multiple of the shard size ({shard_size})")
+    wanted = range(first_seed, first_seed + samples // shard_size)
+    total = GroundTruth.load(output) if output.exists() else None
+    if total is not None:
+        expected = (adapter.name, name, distribution.content_hash, shard_size)
+        found = (total.model, total.distribution, total.distribution_hash, total.shard_size)
+        if found != expected:
+            raise LowprobError(f"{output} holds a different ground truth (model, distribution, hash, shard size "
+                               f"{found}, expected {expected}); choose another output file")
+    done = set(total.seeds) if total is not None else set()
+    todo = [s for s in wanted if s not in done]
+    with progress_bar(len(todo) * shard_size, f"{adapter.name}/{name}", progress, unit="seq") as bar:
+        for seed in todo:
+            shard = count_shard(adapter, distribution, name, seed, shard_size, reservoir_size=reservoir_size,
+                                reservoir_max_p=reservoir_max_p, batch_size=batch_size, on_batch=bar.update)
+            total = shard if total is None else total.merge(shard)
+            total.save(output)
+    if total is None:
+        raise LowprobError("no shard was counted")  # unreachable: samples > 0
+    return total

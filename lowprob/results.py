@@ -20,6 +20,12 @@ from lowprob.core.errors import LowprobError
 log = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one step (temporary file in the same folder, then ``os.replace``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +35,7 @@ def write_atomic(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,208 @@
+"""Ground truth: exact counts, reservoirs of hitting inputs, resume after SIGKILL, merging, files, shipped data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lowprob.api import compile_source, resolve_spec
+from lowprob.cli import main
+from lowprob.core.counting import count_argmax
+from lowprob.core.errors import LowprobError
+from lowprob.ground_truth import (
+    GroundTruth,
+    compress_seeds,
+    expand_seeds,
+    load_shipped,
+    run_ground_truth,
+    shard_generator,
+    shipped_pairs,
+)
+from lowprob.plugins import load_registry
+from lowprob.plugins.testing import lookup_model, tiny_model, toy_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "examples/specs/demo.lp")
+
+
+def test_counts_are_the_argmax_of_every_drawn_input() -> None:
+    problem = toy_problem(seed=3)
+    adapter, dist = problem.model, problem.distribution
+    seen: list[torch.Tensor] = []
+
+    def logits(tokens: torch.Tensor) -> torch.Tensor:
+        seen.append(tokens)
+        return adapter.last_logits(tokens)
+
+    tally = count_argmax(logits, dist, 1000, torch.Generator().manual_seed(5), batch_size=96, reservoir_size=3)
+    drawn = torch.cat(seen)
+    argmax = adapter.last_logits(drawn).argmax(-1)
+    assert drawn.shape == (1000, 3) and tally.samples == 1000
+    assert torch.equal(tally.counts, torch.bincount(argmax, minlength=adapter.d_vocab))
+    assert set(tally.hits) == set(argmax.tolist())
+    for token, rows in tally.hits.items():
+        assert rows == [tuple(r) for r in drawn[argmax == token][:3].tolist()]  # the first hits in draw order
+
+
+def test_a_token_with_no_hits_has_zero_probability_and_infinite_relative_error(tmp_path: Path) -> None:
+    problem = toy_problem(seed=1)
+    gt = run_ground_truth(problem.model, problem.distribution, "toy", tmp_path / "gt.json", samples=512,
+                          shard_size=256)
+    missing = int(np.flatnonzero(gt.counts == 0)[0])
+    assert gt.probability(missing) == 0.0 and gt.relative_error(missing) == float("inf")
+    seen = int(gt.counts.argmax())
+    p = gt.counts[seen] / 512
+    assert gt.relative_error(seen) == pytest.approx(np.sqrt((1 - p) / gt.counts[seen]))
+
+
+def test_merging_shards_equals_one_run(tmp_path: Path) -> None:
+    problem = toy_problem(seed=2)
+    adapter, dist = problem.model, problem.distribution
+    whole = run_ground_truth(adapter, dist, "toy", tmp_path / "whole.json", samples=4 * 128, shard_size=128)
+    low = run_ground_truth(adapter, dist, "toy", tmp_path / "low.json", samples=2 * 128, shard_size=128)
+    high = run_ground_truth(adapter, dist, "toy", tmp_path / "high.json", samples=2 * 128, shard_size=128,
+                            first_seed=2)
+    for merged in (low.merge(high), high.merge(low)):
+        assert merged.seeds == whole.seeds == (0, 1, 2, 3)
+        assert np.array_equal(merged.counts, whole.counts)
+        assert dict(merged.reservoir) == dict(whole.reservoir)
+    with pytest.raises(LowprobError, match="share shard seeds"):
+        whole.merge(low)
+    other = run_ground_truth(lookup_model(d_vocab=6), dist, "toy", tmp_path / "other.json", samples=128, shard_size=128,
+                             first_seed=9)
+    with pytest.raises(LowprobError, match="different model"):
+        whole.merge(other)
+
+
+def test_rerunning_a_finished_file_counts_nothing_more_and_a_bigger_request_resumes(tmp_path: Path) -> None:
+    problem = toy_problem(seed=4)
+    adapter, dist = problem.model, problem.distribution
+    out = tmp_path / "gt.json"
+    first = run_ground_truth(adapter, dist, "toy", out, samples=256, shard_size=128)
+    assert run_ground_truth(adapter, dist, "toy", out, samples=256, shard_size=128).seeds == first.seeds
+    grown = run_ground_truth(adapter, dist, "toy", out, samples=512, shard_size=128)
+    direct = run_ground_truth(adapter, dist, "toy", tmp_path / "direct.json", samples=512, shard_size=128)
+    assert np.array_equal(grown.counts, direct.counts)
+    with pytest.raises(LowprobError, match="different ground truth"):
+        run_ground_truth(adapter, dist, "other-name", out, samples=512, shard_size=128)
+    with pytest.raises(LowprobError, match="multiple of the shard size"):
+        run_ground_truth(adapter, dist, "toy", out, samples=300, shard_size=128)
+
+
+def test_ground_truth_files_round_trip_and_damage_is_reported(tmp_path: Path) -> None:
+    problem = toy_problem(seed=5)
+    gt = run_ground_truth(problem.model, problem.distribution, "toy", tmp_path / "gt.json", samples=256,
+                          shard_size=128, reservoir_size=2, reservoir_max_p=1.0)
+    loaded = GroundTruth.load(tmp_path / "gt.json")
+    assert np.array_equal(loaded.counts, gt.counts) and loaded.seeds == gt.seeds
+    assert dict(loaded.reservoir) == dict(gt.reservoir) and all(len(v) <= 2 for v in gt.reservoir.values())
+    data = json.loads((tmp_path / "gt.json").read_text())
+    data["samples"] += 1
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(LowprobError, match="bad.json: says"):
+        GroundTruth.load(tmp_path / "bad.json")
+    (tmp_path / "junk.json").write_text("{")
+    with pytest.raises(LowprobError, match="not JSON"):
+        GroundTruth.load(tmp_path / "junk.json")
+
+
+def test_seed_ranges_compress_and_shard_generators_are_not_small_integer_seeds() -> None:
+    assert compress_seeds([5, 0, 1, 2, 7, 6]) == [[0, 2], [5, 7]]
+    assert expand_seeds([[0, 2], [5, 7]]) == (0, 1, 2, 5, 6, 7)
+    assert shard_generator(0).initial_seed() not in range(2**20)
+    assert torch.equal(torch.rand(3, generator=shard_generator(1)), torch.rand(3, generator=shard_generator(1)))
+
+
+def test_reservoir_only_keeps_rare_tokens(tmp_path: Path) -> None:
+    problem = toy_problem(seed=6)
+    gt = run_ground_truth(problem.model, problem.distribution, "toy", tmp_path / "gt.json", samples=512,
+                          shard_size=256, reservoir_size=4, reservoir_max_p=0.05)
+    for token, rows in gt.reservoir.items():
+        assert gt.probability(token) <= 0.05 and 0 < len(rows) <= 4
+        logits = problem.model.last_logits(torch.tensor(rows))
+        assert (logits.argmax(-1) == token).all()  # exact samples of D(x | M(x) = token)
+
+
+def test_a_killed_run_resumes_to_bit_identical_counts(tmp_path: Path) -> None:
+    """SIGKILL `lowprob ground-truth run` after its first shard, rerun it, compare with an uninterrupted run."""
+    env = {**os.environ, "CI": "1"}
+    args = ["ground-truth", "run", DEMO, "--model", "random-1l", "--samples", "2^14", "--shard-size", "2^10",
+            "--batch-size", "512"]
+    killed, clean = tmp_path / "killed.json", tmp_path / "clean.json"
+    cmd = [sys.executable, "-m", "lowprob", *args, "--output", str(killed)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not killed.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = GroundTruth.load(killed)
+    assert 1 <= len(partial.seeds) < 16, "the run should have been killed part-way"
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "lowprob", *args, "--output", str(clean)], env=env, check=True,
+                   capture_output=True)
+    resumed, whole = GroundTruth.load(killed), GroundTruth.load(clean)
+    assert resumed.seeds == whole.seeds == tuple(range(16))
+    assert np.array_equal(resumed.counts, whole.counts)
+    assert dict(resumed.reservoir) == dict(whole.reservoir)
+
+
+def test_cli_merge_and_show(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for first, name in ((0, "a.json"), (2, "b.json")):
+        result = runner.invoke(main, ["ground-truth", "run", DEMO, "--model", "random-1l", "--samples", "2048",
+                                      "--shard-size", "1024", "--first-seed", str(first),
+                                      "--output", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["ground-truth", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                  "--output", str(tmp_path / "ab.json")])
+    assert result.exit_code == 0 and "4096 samples in 4 shards" in result.output
+    result = runner.invoke(main, ["ground-truth", "show", str(tmp_path / "ab.json"), "--top", "3"])
+    assert result.exit_code == 0 and result.output.count("p = ") == 3
+    result = runner.invoke(main, ["ground-truth", "merge", str(tmp_path / "a.json"), str(tmp_path / "ab.json"),
+                                  "--output", str(tmp_path / "x.json")])
+    assert result.exit_code == 1 and "share shard seeds" in result.output and not (tmp_path / "x.json").exists()
+
+
+def test_fast_path_counts_equal_reference_counts(tmp_path: Path) -> None:
+    """The first-layer-table fast path and the reference forward count exactly the same argmaxes."""
+    from lowprob.core.model import ModelAdapter
+
+    adapter = tiny_model(d_vocab=7, n_ctx=6, n_layers=1, seed=3)
+    reference = ModelAdapter(adapter.model, adapter.vocab, adapter.name, fast=False)
+    problem = toy_problem(seed=7, d_vocab=7)
+    fast_gt = run_ground_truth(adapter, problem.distribution, "toy", tmp_path / "f.json", samples=1024,
+                               shard_size=512)
+    ref_gt = run_ground_truth(reference, problem.distribution, "toy", tmp_path / "r.json", samples=1024,
+                              shard_size=512)
+    assert fast_gt.metadata["forward"] == "fast+tables" and ref_gt.metadata["forward"] == "reference"
+    assert np.array_equal(fast_gt.counts, ref_gt.counts)
+
+
+def test_unknown_shipped_pair_lists_the_available_ones(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "d.json").write_text("{}")
+    assert shipped_pairs(tmp_path) == [("m", "d")]
+    with pytest.raises(LowprobError, match="available: m/d"):
+        load_shipped("m", "other", tmp_path)
+
+
+@pytest.mark.parametrize(("model", "distribution"), shipped_pairs() or [pytest.param("-", "-", marks=pytest.mark.skip(
+    reason="no shipped ground truth yet"))])
+def test_shipped_ground_truth_is_consistent(model: str, distribution: str) -> None:
+    gt = load_shipped(model, distribution)
+    assert (gt.model, gt.distribution) == (model, distribution)
+    assert gt.samples >= 2**16 and gt.d_vocab == 8192
+    registry = load_registry()
+    compiled = compile_source(registry, resolve_spec(distribution, registry), model=model)
+    assert gt.distribution_hash == compiled.spec.distribution(None).content_hash, "spec changed since counting"
