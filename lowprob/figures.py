@@ -38,6 +38,11 @@ def _text(x: float, y: float, text: str, anchor: str = "middle", size: int = 11,
             f'{escape(text)}</text>')
 
 
+def _text_width(text: str, size: int) -> float:
+    """A generous width for ``text`` at font ``size`` plus margins (0.62 em per character)."""
+    return 0.62 * size * len(text) + 40
+
+
 def _decades(values: Sequence[float]) -> tuple[int, int]:
     logs = [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
     if not logs:
@@ -98,10 +103,10 @@ def scatter_grid(title: str, panels: Sequence[ScatterPanel], columns: int = 4, s
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns) if panels else 1
     cell_w, cell_h = size + 70, size + 80
-    width, height = columns * cell_w + 20, rows * cell_h + 70
-    body = [_text(width / 2, 20, title, size=14, extra=' font-weight="bold"'),
-            _text(width / 2, 38, "x: ground-truth probability   y: estimate   ○ raw   ● fitted   "
-                  "× zero estimate   - - y = x", size=10)]
+    legend = "x: ground-truth probability   y: estimate   ○ raw   ● fitted   × zero estimate   - - y = x"
+    width = max(columns * cell_w + 20, _text_width(title, 14), _text_width(legend, 10))
+    height = rows * cell_h + 70
+    body = [_text(width / 2, 20, title, size=14, extra=' font-weight="bold"'), _text(width / 2, 38, legend, size=10)]
     for i, panel in enumerate(panels):
         left = 55 + (i % columns) * cell_w
         top = 75 + (i // columns) * cell_h
@@ -120,7 +125,7 @@ def bar_chart(title: str, groups: Sequence[str], series: Sequence[str],
     bar_w = 12.0
     group_w = bar_w * len(series) + 18
     plot_h, left, top = 260.0, 60.0, 60.0
-    width = left + group_w * len(groups) + 150
+    width = max(left + group_w * len(groups) + 150, _text_width(title, 14))
     height = top + plot_h + 60
     body = [_text(width / 2, 22, title, size=14, extra=' font-weight="bold"'),
             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + group_w * len(groups)}" y2="{top + plot_h}" '
