@@ -240,8 +240,8 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
     if quick and config_path is not None:
         raise LowprobError("--quick picks the shipped quick config; give it or --config, not both")
     registry = _registry()
-    repro = rp.plan(config_path or rp.shipped_config(quick), registry, output)
-    pairs = rp.select_pairs(repro, only_model, only_distribution)
+    repro = rp.plan(config_path or rp.shipped_config(quick), registry, output, only_model, only_distribution)
+    pairs = repro.selected
     click.echo(rp.describe_plan(repro, pairs))
     todo = rp.pending(repro, pairs)
     click.echo(f"{repro.config.name}: {len(todo)} estimates to run, output {repro.output}")

@@ -43,6 +43,7 @@ from lowprob.protocol import (
     derived_bands,
     fit_is,
     is_loss,
+    min_hits,
     scaled_option,
     score,
     select_targets,
@@ -174,13 +175,15 @@ class Row:
 
 @dataclass
 class Reproduction:
-    """A validated plan: the config, where it writes, and every (model, distribution) pair."""
+    """A validated plan: the config, where it writes, every (model, distribution) pair with ground truth, and
+    the pairs selected to run."""
 
     config: ReproduceConfig
     path: Path
     output: Path
     temperatures: tuple[float, ...]
     pairs: list[PairPlan]
+    selected: list[PairPlan]
 
     @property
     def results(self) -> ResultsFile:
@@ -274,9 +277,14 @@ def _source(name: str, base: Path, registry: Registry) -> SpecSource:
     return resolve_spec(str(local) if local.is_file() else name, registry)
 
 
-def plan(path: Path | str, registry: Registry, output: Path | None = None) -> Reproduction:
-    """Validate the config, read every ground truth and decide every pair's bands, tokens, budgets and options,
-    before any model is loaded."""
+def plan(path: Path | str, registry: Registry, output: Path | None = None, only_model: str | None = None,
+         only_distribution: str | None = None) -> Reproduction:
+    """Validate the config, read the ground truths and decide every pair's bands, tokens, budgets and options,
+    before any model is loaded.
+
+    ``only_model`` / ``only_distribution`` select the pairs to run (:attr:`Reproduction.selected`); those need
+    ground truth, while other pairs are planned only where theirs exists, so the report still covers them.
+    """
     path = Path(path)
     config = read_config(path)
     labels = [m.key for m in config.methods]
@@ -291,44 +299,53 @@ def plan(path: Path | str, registry: Registry, output: Path | None = None) -> Re
             registry.estimator(entry.name)
         except LowprobError as exc:
             raise LowprobError(f"{path}: methods: {exc}") from None
+    try:
+        sources = [_source(dist, path.parent, registry) for dist in config.distributions]
+    except LowprobError as exc:
+        raise LowprobError(f"{path}: distributions: {exc}") from None
+    for value, kind, known in ((only_model, "model", config.models),
+                               (only_distribution, "distribution", [s.name for s in sources])):
+        if value is not None and value not in known:
+            raise LowprobError(f"{kind} {value!r} is not in {path}; its {kind}s: {', '.join(known)}")
     temperatures = config.temperatures.grid()
     root = (path.parent / config.ground_truth).resolve() if config.ground_truth else None
-    pairs = []
+    pairs, selected = [], []
     for model in config.models:
-        for dist in config.distributions:
-            source = _source(dist, path.parent, registry)
-            where = f"{path}: model {model!r}, distribution {source.name!r}"
-            gt = load_shipped(model, source.name, root)
+        for source in sources:
+            chosen = only_model in (None, model) and only_distribution in (None, source.name)
             try:
-                test_band, tuning_band = _bands(config, gt.samples)
-            except LowprobError as exc:
-                raise LowprobError(f"{where}: {exc}") from None
-            selection = select_targets(gt.counts, gt.samples, test_band, tuning_band, config.targets.n_test,
-                                       config.targets.n_tuning, _derive_seed("select", config.seed, model,
-                                                                             source.name),
-                                       config.targets.max_rel_error)
-            if not selection.test or not selection.tuning:
-                raise LowprobError(f"{where}: no {'test' if not selection.test else 'tuning'} token has a ground "
-                                   f"truth in the band {(test_band if not selection.test else tuning_band).describe()}"
-                                   f" with enough hits ({gt.samples} samples); choose other bands")
-            scale = config.budget.scale or budget_scale(test_band.high, config.budget.paper_band_high)
-            methods = _method_plans(config, registry, scale, [gt.probability(t) for t in selection.tuning],
-                                    where, temperatures[0])
-            pairs.append(PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale,
-                                  methods))
+                gt = load_shipped(model, source.name, root)
+            except LowprobError:
+                if chosen:
+                    raise
+                continue
+            pairs.append(_pair(config, registry, f"{path}: model {model!r}, distribution {source.name!r}", model,
+                               source, gt, temperatures))
+            if chosen:
+                selected.append(pairs[-1])
     out = output if output is not None else Path(config.output)
-    return Reproduction(config, path, out, temperatures, pairs)
+    return Reproduction(config, path, out, temperatures, pairs, selected)
 
 
-def select_pairs(repro: Reproduction, model: str | None, distribution: str | None) -> list[PairPlan]:
-    """The pairs matching ``--only-model`` / ``--only-distribution``; an unknown name is an error."""
-    for value, kind, known in ((model, "model", repro.config.models),
-                               (distribution, "distribution", [p.distribution for p in repro.pairs])):
-        if value is not None and value not in known:
-            raise LowprobError(f"{kind} {value!r} is not in {repro.path}; its {kind}s: "
-                               f"{', '.join(dict.fromkeys(known))}")
-    return [p for p in repro.pairs if (model is None or p.model == model)
-            and (distribution is None or p.distribution == distribution)]
+def _pair(config: ReproduceConfig, registry: Registry, where: str, model: str, source: SpecSource,
+          gt: GroundTruth, temperatures: tuple[float, ...]) -> PairPlan:
+    """Bands, seeded tokens, budget scale and method plans of one (model, distribution)."""
+    try:
+        test_band, tuning_band = _bands(config, gt.samples)
+    except LowprobError as exc:
+        raise LowprobError(f"{where}: {exc}") from None
+    selection = select_targets(gt.counts, gt.samples, test_band, tuning_band, config.targets.n_test,
+                               config.targets.n_tuning, _derive_seed("select", config.seed, model, source.name),
+                               config.targets.max_rel_error)
+    for name, tokens, band in (("test", selection.test, test_band), ("tuning", selection.tuning, tuning_band)):
+        if not tokens:
+            raise LowprobError(f"{where}: no {name} token has a ground truth in the band {band.describe()} with "
+                               f"at least {min_hits(config.targets.max_rel_error)} hits ({gt.samples} samples); "
+                               "choose other bands")
+    scale = config.budget.scale or budget_scale(test_band.high, config.budget.paper_band_high)
+    methods = _method_plans(config, registry, scale, [gt.probability(t) for t in selection.tuning], where,
+                            temperatures[0])
+    return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, methods)
 
 
 def pending(repro: Reproduction, pairs: list[PairPlan]) -> list[Row]:
@@ -514,7 +531,7 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
              "Mean loss over the test tokens of each (model, distribution); lower is better. `*`: fewer tokens "
              "scored than planned (run in progress or errors); `—`: not run yet; `n/a`: the estimator cannot "
              "handle the distribution. See docs/protocol.md.", ""]
-    for model in repro.config.models:
+    for model in _models(repro):
         pairs = [p for p in repro.pairs if p.model == model]
         lines += [f"## {model}", ""]
         for metric, title in METRICS:
@@ -542,6 +559,11 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
     return "\n".join(lines)
 
 
+def _models(repro: Reproduction) -> list[str]:
+    """The config's models that have at least one planned pair, in config order."""
+    return [m for m in repro.config.models if any(p.model == m for p in repro.pairs)]
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
@@ -567,7 +589,7 @@ def write_report(repro: Reproduction) -> list[Path]:
     written = [repro.output / "losses.json", repro.output / "losses.md"]
     write_atomic(written[0], json.dumps(data, indent=1, allow_nan=False) + "\n")
     write_atomic(written[1], _markdown(repro, cells) + "\n")
-    for model in repro.config.models:
+    for model in _models(repro):
         pairs = [p for p in repro.pairs if p.model == model]
         folder = repro.output / "figures" / model
         for label in labels:

@@ -67,7 +67,7 @@ def done(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> rp.Rep
         _ground_truth(registry, name).save(root / "gt" / "random-1l" / f"{name}.json")
     (root / "cfg.toml").write_text(CONFIG)
     repro = rp.plan(root / "cfg.toml", registry, output=root / "out")
-    list(rp.run(repro, registry, repro.pairs))
+    list(rp.run(repro, registry, repro.selected))
     rp.write_report(repro)
     return repro
 
@@ -141,6 +141,16 @@ def test_bad_configs_fail_clearly(done: rp.Reproduction, registry: Registry, old
     path.write_text(CONFIG.replace(old, new, 1))
     with pytest.raises(LowprobError, match=message):
         rp.plan(path, registry)
+
+
+def test_only_model_needs_ground_truth_only_for_the_pairs_it_runs(done: rp.Reproduction, registry: Registry) -> None:
+    path = done.path.parent / "two-models.toml"
+    path.write_text(CONFIG.replace('models = ["random-1l"]', 'models = ["random-1l", "random-2l"]'))
+    repro = rp.plan(path, registry, only_model="random-1l", only_distribution="tiny")
+    assert [(p.model, p.distribution) for p in repro.selected] == [("random-1l", "tiny")]
+    assert [p.distribution for p in repro.pairs] == ["tiny", "alt"]
+    with pytest.raises(LowprobError, match="no shipped ground truth for model 'random-2l'"):
+        rp.plan(path, registry, only_model="random-2l")
 
 
 def test_missing_config_and_shipped_configs_parse() -> None:
