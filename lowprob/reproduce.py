@@ -190,9 +190,11 @@ class Reproduction:
         return ResultsFile(self.output / "results.jsonl")
 
     def rows(self, pair: PairPlan) -> list[Row]:
-        """The pair's tuning rows (every tuned method × temperature × tuning token), then its test rows."""
+        """The pair's tuning rows (every tuned method × temperature × tuning token; none for a one-value grid,
+        which fixes the temperature), then its test rows."""
+        grid = self.temperatures if len(self.temperatures) > 1 else ()
         rows = [_row(self, "tune", pair, m, t, temp) for m in pair.methods if m.tuned
-                for temp in self.temperatures for t in pair.selection.tuning]
+                for temp in grid for t in pair.selection.tuning]
         return rows + [_row(self, "test", pair, m, t, None) for m in pair.methods for t in pair.selection.test]
 
 
@@ -380,6 +382,14 @@ def _tuning_losses(repro: Reproduction, pair: PairPlan, method: MethodPlan, plan
     return losses
 
 
+def _chosen_temperature(repro: Reproduction, pair: PairPlan, method: MethodPlan, planned: list[Row]) -> float:
+    """The grid's only value, or the one with the smallest tuning loss."""
+    if len(repro.temperatures) == 1:
+        return repro.temperatures[0]
+    rows = {r["key"]: r for r in repro.results.rows()}
+    return best_temperature(_tuning_losses(repro, pair, method, planned, rows))
+
+
 def _record(repro: Reproduction, row: Row, token_text: str, options: dict[str, Any],
             result: dict[str, Any]) -> dict[str, Any]:
     pair, budget = row.pair, row.method.budget.model_dump(mode="json", exclude_none=True)
@@ -434,8 +444,7 @@ def run(repro: Reproduction, registry: Registry, pairs: list[PairPlan],
             temperature: float | None = None
             for row in mine:
                 if row.phase == "test" and method.tuned and temperature is None:
-                    done = {r["key"]: r for r in results.rows()}
-                    temperature = best_temperature(_tuning_losses(repro, pair, method, planned, done))
+                    temperature = _chosen_temperature(repro, pair, method, planned)
                 options = dict(method.options)
                 if method.tuned:
                     options[TUNED_OPTION] = row.temperature if row.phase == "tune" else temperature

@@ -153,6 +153,15 @@ def test_only_model_needs_ground_truth_only_for_the_pairs_it_runs(done: rp.Repro
         rp.plan(path, registry, only_model="random-2l")
 
 
+def test_a_one_value_grid_fixes_the_temperature_without_tuning_rows(done: rp.Reproduction,
+                                                                    registry: Registry) -> None:
+    path = done.path.parent / "fixed.toml"
+    path.write_text(CONFIG.replace("values = [0.5, 2.0]", "values = [1.0]"))
+    repro = rp.plan(path, registry)
+    rows = repro.rows(repro.pairs[0])
+    assert {r.phase for r in rows} == {"test"} and len(rows) == 4 * 3
+
+
 def test_missing_config_and_shipped_configs_parse() -> None:
     with pytest.raises(LowprobError, match="does not exist"):
         rp.read_config("/nonexistent/reproduce.toml")
