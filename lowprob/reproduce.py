@@ -539,7 +539,7 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
     lines = [f"# {repro.config.name}: losses", "",
              "Mean loss over the test tokens of each (model, distribution); lower is better. `*`: fewer tokens "
              "scored than planned (run in progress or errors); `—`: not run yet; `n/a`: the estimator cannot "
-             "handle the distribution. See docs/protocol.md.", ""]
+             "handle the distribution; `mean`: over the distributions the method ran on. See docs/protocol.md.", ""]
     for model in _models(repro):
         pairs = [p for p in repro.pairs if p.model == model]
         lines += [f"## {model}", ""]

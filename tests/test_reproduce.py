@@ -1,6 +1,8 @@
 """`lowprob reproduce` end to end on tiny exhaustively counted problems: rows, tables, figures, resuming, errors."""
 
 import json
+import math
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -9,6 +11,7 @@ from lowprob import reproduce as rp
 from lowprob.api import SpecSource, compile_source
 from lowprob.cli import main
 from lowprob.core.errors import LowprobError
+from lowprob.figures import ScatterPanel, bar_chart, scatter_grid
 from lowprob.ground_truth import GroundTruth
 from lowprob.plugins import Registry, load_registry
 from lowprob.plugins.testing import argmax_probabilities
@@ -160,6 +163,15 @@ def test_a_one_value_grid_fixes_the_temperature_without_tuning_rows(done: rp.Rep
     repro = rp.plan(path, registry)
     rows = repro.rows(repro.pairs[0])
     assert {r.phase for r in rows} == {"test"} and len(rows) == 4 * 3
+
+
+def test_svg_figures_are_well_formed_with_zeros_missing_and_infinite_values() -> None:
+    panel = ScatterPanel("hex <&>", [1e-5, 1e-4, 3e-4], [0.0, 1e-60, 2e-4], [2e-5, 1e-4, 3e-4], "note")
+    scatter = ElementTree.fromstring(scatter_grid("title", [panel, ScatterPanel("empty", [], [])]))
+    assert scatter.tag.endswith("svg") and "hex <&>" in "".join(scatter.itertext())
+    bars = ElementTree.fromstring(bar_chart("t", ["a", "b"], ["m1", "m2"], {("a", "m1"): 0.5, ("a", "m2"): math.inf,
+                                                                         ("b", "m1"): None}, "loss"))
+    assert {"n/a", "∞"} <= set(bars.itertext())
 
 
 def test_missing_config_and_shipped_configs_parse() -> None:
