@@ -89,3 +89,35 @@ class MeteredModel:
         out = self.adapter.target_gradients(tokens, target)
         self._count(tokens.shape[0], True, t0)
         return out
+
+    def mean_target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        out = self.adapter.mean_target_gradients(tokens, target)
+        self._count(tokens.shape[0], True, t0)
+        return out
+
+    def embedding_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        out = self.adapter.embedding_gradients(tokens, target)
+        self._count(tokens.shape[0], True, t0)
+        return out
+
+    @property
+    def W_E(self) -> torch.Tensor:  # noqa: N802
+        return self.adapter.W_E
+
+    @property
+    def d_model(self) -> int:
+        return self.adapter.d_model
+
+    def activations(self, tokens: torch.Tensor, hook: str) -> torch.Tensor:
+        """Activations at ``hook`` for every position (see :meth:`ModelAdapter.activations`); n forward passes."""
+        t0 = time.perf_counter()
+        out = self.adapter.activations(tokens, hook)
+        self._count(tokens.shape[0], False, t0)
+        return out
+
+    def fork(self) -> MeteredModel:
+        """A fresh meter over the same model: compute counted on it is reported apart from this one's (e.g.
+        twist training kept outside an estimate's budget)."""
+        return MeteredModel(self.adapter)

@@ -106,6 +106,35 @@ class ModelAdapter:
         parts = self._chunks(tokens, self._activations)
         return torch.cat([a for a, _ in parts]), torch.cat([lg for _, lg in parts])
 
+    def embedding_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [batch, d_vocab], d s / d h [batch, positions, d_model])`` where ``h`` is the token
+        embedding (``hook_embed``): :meth:`target_gradients` before its projection onto ``W_E``, for callers
+        that need only some positions' scores (``G[b, i] = grad[b, i] @ W_E.T``)."""
+        tokens = self._check(tokens)
+        parts = self._chunks(tokens, lambda t: self._embedding_gradients(t, target))
+        return torch.cat([lg for lg, _ in parts]), torch.cat([g for _, g in parts])
+
+    def _embedding_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`embedding_gradients` of one chunk."""
+        ids = torch.tensor(target.token_ids, device=self.device)
+        store: dict[str, torch.Tensor] = {}
+
+        def leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            store["e"] = act.detach().requires_grad_(True)
+            return store["e"]
+
+        with torch.enable_grad():
+            if self.fast_path is not None:
+                store["e"] = self.fast_path.W_E[tokens].detach().requires_grad_(True)
+                logits = self.fast_path.from_embeddings(store["e"])[1].float()
+            else:
+                logits = self._last(tokens, hooks=[(EMBED_HOOK, leaf)])
+            score = torch.logsumexp(logits[:, ids], dim=-1) if ids.numel() > 1 else logits[:, ids[0]]
+            score.sum().backward()
+        grad = store["e"].grad
+        assert grad is not None
+        return logits.detach(), grad
+
     def target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         """Token-gradient scores of the target logit.
 
@@ -115,29 +144,22 @@ class ModelAdapter:
         the log-sum-exp of the set's logits.
         """
         tokens = self._check(tokens)
-        ids = torch.tensor(target.token_ids, device=self.device)
 
         def run(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            store: dict[str, torch.Tensor] = {}
-
-            def leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                store["e"] = act.detach().requires_grad_(True)
-                return store["e"]
-
-            with torch.enable_grad():
-                if self.fast_path is not None:
-                    store["e"] = self.fast_path.W_E[t].detach().requires_grad_(True)
-                    logits = self.fast_path.from_embeddings(store["e"])[1].float()
-                else:
-                    logits = self._last(t, hooks=[(EMBED_HOOK, leaf)])
-                score = torch.logsumexp(logits[:, ids], dim=-1) if ids.numel() > 1 else logits[:, ids[0]]
-                score.sum().backward()
-            grad = store["e"].grad
-            assert grad is not None
-            return logits.detach(), grad @ self.W_E.T.to(grad.dtype)
+            logits, grad = self._embedding_gradients(t, target)
+            return logits, grad @ self.W_E.T.to(grad.dtype)
 
         parts = self._chunks(tokens, run)
         return torch.cat([lg for lg, _ in parts]), torch.cat([g for _, g in parts])
+
+    def mean_target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [batch, d_vocab], mean over the batch of G [positions, d_vocab])`` as :meth:`target_gradients`
+        gives them, but averaged before the projection onto ``W_E`` (linear, so equal up to rounding), which
+        saves a ``[batch, positions, d_vocab]`` product when only the batch mean is needed (ITGIS)."""
+        tokens = self._check(tokens)
+        parts = self._chunks(tokens, lambda t: self._embedding_gradients(t, target))
+        mean = torch.stack([g.sum(dim=0) for _, g in parts]).sum(dim=0) / tokens.shape[0]
+        return torch.cat([lg for lg, _ in parts]), mean @ self.W_E.T.to(mean.dtype)
 
     @torch.no_grad()
     def activations(self, tokens: torch.Tensor, hook: str) -> torch.Tensor:
@@ -145,23 +167,24 @@ class ModelAdapter:
         float32. In a causal model position ``i`` depends only on tokens ``≤ i``, so one pass gives the features
         of every prefix (twisted SMC's twist heads read them). Only the last position is unembedded."""
         tokens = self._check(tokens)
+        name = hook
 
         def run(t: torch.Tensor) -> torch.Tensor:
             keep: dict[str, torch.Tensor] = {}
 
-            def grab(act: torch.Tensor, hook_point: Any) -> torch.Tensor:
+            def grab(act: torch.Tensor, hook: Any) -> torch.Tensor:
                 keep["a"] = act.detach().float().clone()
                 return act
 
-            def last_only(act: torch.Tensor, hook_point: Any) -> torch.Tensor:
-                if hook == PRE_UNEMBED_HOOK:
-                    grab(act, hook_point)
+            def last_only(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                if name == PRE_UNEMBED_HOOK:
+                    grab(act, hook)
                 return act[:, -1:, :]
 
-            hooks = [] if hook == PRE_UNEMBED_HOOK else [(hook, grab)]
+            hooks = [] if name == PRE_UNEMBED_HOOK else [(name, grab)]
             self.model.run_with_hooks(t, fwd_hooks=[*hooks, (PRE_UNEMBED_HOOK, last_only)])
             if "a" not in keep:
-                raise LowprobError(f"hook point {hook!r} did not fire in model {self.name!r}; use a TransformerLens "
+                raise LowprobError(f"hook point {name!r} did not fire in model {self.name!r}; use a TransformerLens "
                                    "hook name such as 'blocks.0.hook_resid_post' or 'ln_final.hook_out'")
             return keep["a"]
 

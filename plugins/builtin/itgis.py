@@ -104,12 +104,12 @@ class ITGIS(Estimator[ITGISState]):
             return state, StepInfo(samples=state.tally.samples, done=True)
         proposal = Proposal.tilt(state.log_d, state.scores, self.batch_temperature(state.batches))
         tokens, log_w = proposal.sample(n, generator)
-        logits, grads = problem.model.target_gradients(tokens, problem.target)
+        logits, mean_grads = problem.model.mean_target_gradients(tokens, problem.target)
         hit = problem.target.hits(logits).cpu()
         w = log_w.exp()
         new = replace(
             state,
-            scores=self.options.decay * state.scores + grads.cpu().to(torch.float64).mean(dim=0),
+            scores=self.options.decay * state.scores + mean_grads.cpu().to(torch.float64),
             batches=state.batches + 1,
             tally=state.tally.add(w, hit),
             log_max_weight=max(state.log_max_weight, proposal.log_max_weight),

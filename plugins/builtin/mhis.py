@@ -45,7 +45,9 @@ class MHISOptions(EstimatorOptions):
 
 @dataclass(frozen=True)
 class Chains:
-    """The chains' current states: tokens ``[C, k]``, target score ``s``, hits and token gradients ``G``."""
+    """The chains' current states: tokens ``[C, k]``, target score ``s``, hits and the target score's gradient
+    with respect to the token embeddings ``[C, k, d_model]`` (a row of token scores ``G`` is ``grad @ W_E.T``,
+    computed only for the position a step resamples)."""
 
     tokens: torch.Tensor
     score: torch.Tensor
@@ -55,7 +57,7 @@ class Chains:
     @staticmethod
     def evaluate(tokens: torch.Tensor, problem: Problem) -> Chains:
         """Score, hit and gradients at ``tokens`` (one forward and one backward pass per chain)."""
-        logits, grads = problem.model.target_gradients(tokens, problem.target)
+        logits, grads = problem.model.embedding_gradients(tokens, problem.target)
         logits = logits.cpu().to(torch.float64)
         ids = torch.tensor(problem.target.token_ids)
         return Chains(tokens, torch.logsumexp(logits[:, ids], dim=1), problem.target.hits(logits),
@@ -170,13 +172,14 @@ class MHIS(Estimator[MHISState]):
         c, k = chains.tokens.shape
         rows = torch.arange(c)
         position = integers(k, (c,), generator)
-        log_phi = tilted_log_probs(log_d[position], chains.grads[rows, position], temperature)
+        w_e = problem.model.W_E.T.cpu().to(torch.float64)
+        log_phi = tilted_log_probs(log_d[position], chains.grads[rows, position] @ w_e, temperature)
         new_token = sample_rows(log_phi, 1, generator)[0]
         old_token = chains.tokens[rows, position]
         tokens = chains.tokens.clone()
         tokens[rows, position] = new_token
         proposed = Chains.evaluate(tokens, problem)
-        log_phi_back = tilted_log_probs(log_d[position], proposed.grads[rows, position], temperature)
+        log_phi_back = tilted_log_probs(log_d[position], proposed.grads[rows, position] @ w_e, temperature)
         log_alpha = ((proposed.score - chains.score) / temperature
                      + log_d[position, new_token] - log_d[position, old_token]
                      + log_phi_back[rows, old_token] - log_phi[rows, new_token])

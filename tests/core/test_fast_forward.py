@@ -78,3 +78,24 @@ def test_self_check_rejects_weights_it_does_not_reproduce() -> None:
     assert ff.self_check(adapter.model)
     ff.blocks[0] = dataclasses.replace(ff.blocks[0], W_out=ff.blocks[0].W_out * 2)  # not the model
     assert not ff.self_check(adapter.model)
+
+
+def test_mean_target_gradients_equal_the_mean_of_per_sample_gradients() -> None:
+    for adapter in (tiny_model(d_vocab=9, n_ctx=8, n_layers=2, d_model=16, seed=5), lookup_model()):
+        tokens = torch.randint(adapter.d_vocab, (20, 3), generator=torch.Generator().manual_seed(6))
+        target = ArgmaxIs(1, "b")
+        logits, per_sample = adapter.target_gradients(tokens, target)
+        mean_logits, mean = adapter.mean_target_gradients(tokens, target)
+        assert torch.allclose(mean_logits, logits)
+        assert mean.shape == per_sample.shape[1:]
+        assert (mean - per_sample.mean(dim=0)).abs().max() < 1e-5 * max(1.0, per_sample.abs().max().item())
+
+
+def test_embedding_gradients_project_to_the_token_scores() -> None:
+    adapter = tiny_model(d_vocab=9, n_ctx=8, n_layers=1, d_model=16, seed=8)
+    tokens = torch.randint(9, (10, 4), generator=torch.Generator().manual_seed(9))
+    target = ArgmaxIs(2, "c")
+    logits, scores = adapter.target_gradients(tokens, target)
+    e_logits, grads = adapter.embedding_gradients(tokens, target)
+    assert grads.shape == (10, 4, 16) and torch.equal(e_logits, logits)
+    assert (grads @ adapter.W_E.T - scores).abs().max() < 1e-5 * max(1.0, scores.abs().max().item())
