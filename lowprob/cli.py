@@ -26,7 +26,7 @@ from lowprob.core.estimator import Problem
 from lowprob.core.progress import progress_bar
 from lowprob.experiments import pending, plan, run
 from lowprob.plugins import Registry, load_registry, plugin_infos
-from lowprob.report import format_table, summary_table
+from lowprob.report import format_table, markdown_table, summary_table
 from lowprob.results import ResultsFile
 
 
@@ -464,6 +464,21 @@ def ground_truth_show(file: Path, top: int) -> None:
     from lowprob.ground_truth import GroundTruth
 
     _show_ground_truth(GroundTruth.load(file), file, top)
+
+
+@ground_truth.command(name="list")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="A folder of <model>/<distribution>.json files (default: the shipped ones).")
+def ground_truth_list(root: Path | None) -> None:
+    """The shipped ground truths as a Markdown table (samples, tokens seen, tokens with >= 12 hits)."""
+    from lowprob.ground_truth import load_shipped, shipped_pairs
+
+    click.echo(markdown_table(
+        ["model", "distribution", "samples", "tokens seen", "tokens with ≥ 12 hits", "counting seconds"],
+        [[gt.model, gt.distribution, f"2^{gt.samples.bit_length() - 1}" if gt.samples & (gt.samples - 1) == 0
+          else str(gt.samples), str(int((gt.counts > 0).sum())), str(int((gt.counts >= 12).sum())),
+          str(gt.metadata.get("seconds", "?"))]
+         for gt in (load_shipped(m, d, root) for m, d in shipped_pairs(root))]))
 
 
 def _show_ground_truth(gt: Any, path: Path, top: int = 0) -> None:

@@ -169,6 +169,10 @@ def test_cli_merge_and_show(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "4096 samples in 4 shards" in result.output
     result = runner.invoke(main, ["ground-truth", "show", str(tmp_path / "ab.json"), "--top", "3"])
     assert result.exit_code == 0 and result.output.count("p = ") == 3
+    (tmp_path / "root" / "random-1l").mkdir(parents=True)
+    (tmp_path / "root" / "random-1l" / "demo.json").write_text((tmp_path / "ab.json").read_text())
+    result = runner.invoke(main, ["ground-truth", "list", "--root", str(tmp_path / "root")])
+    assert result.exit_code == 0 and "| random-1l | demo | 2^12 |" in result.output
     result = runner.invoke(main, ["ground-truth", "merge", str(tmp_path / "a.json"), str(tmp_path / "ab.json"),
                                   "--output", str(tmp_path / "x.json")])
     assert result.exit_code == 1 and "share shard seeds" in result.output and not (tmp_path / "x.json").exists()
