@@ -182,10 +182,14 @@ class ModelAdapter:
                 return act[:, -1:, :]
 
             hooks = [] if name == PRE_UNEMBED_HOOK else [(name, grab)]
-            self.model.run_with_hooks(t, fwd_hooks=[*hooks, (PRE_UNEMBED_HOOK, last_only)])
+            unknown = LowprobError(f"model {self.name!r} has no hook point {name!r}; use a TransformerLens hook name "
+                                   "such as 'blocks.0.hook_resid_post' or 'ln_final.hook_out'")
+            try:
+                self.model.run_with_hooks(t, fwd_hooks=[*hooks, (PRE_UNEMBED_HOOK, last_only)])
+            except KeyError as error:
+                raise unknown from error
             if "a" not in keep:
-                raise LowprobError(f"hook point {name!r} did not fire in model {self.name!r}; use a TransformerLens "
-                                   "hook name such as 'blocks.0.hook_resid_post' or 'ln_final.hook_out'")
+                raise unknown
             return keep["a"]
 
         parts = self._chunks(tokens, run)
