@@ -144,7 +144,8 @@ class MethodPlan:
 
 @dataclass
 class PairPlan:
-    """Everything decided for one (model, distribution) before any estimate runs."""
+    """Everything decided for one (model, distribution) before any estimate runs; ``skipped`` says why a pair
+    without usable tokens has no methods (and so no rows)."""
 
     model: str
     distribution: str
@@ -155,6 +156,7 @@ class PairPlan:
     selection: Selection
     scale: float
     methods: list[MethodPlan]
+    skipped: str | None = None
 
     def p(self, token: int) -> float:
         return self.ground_truth.probability(token)
@@ -339,12 +341,12 @@ def _pair(config: ReproduceConfig, registry: Registry, where: str, model: str, s
     selection = select_targets(gt.counts, gt.samples, test_band, tuning_band, config.targets.n_test,
                                config.targets.n_tuning, _derive_seed("select", config.seed, model, source.name),
                                config.targets.max_rel_error)
+    scale = config.budget.scale or budget_scale(test_band.high, config.budget.paper_band_high)
     for name, tokens, band in (("test", selection.test, test_band), ("tuning", selection.tuning, tuning_band)):
         if not tokens:
-            raise LowprobError(f"{where}: no {name} token has a ground truth in the band {band.describe()} with "
-                               f"at least {min_hits(config.targets.max_rel_error)} hits ({gt.samples} samples); "
-                               "choose other bands")
-    scale = config.budget.scale or budget_scale(test_band.high, config.budget.paper_band_high)
+            reason = (f"no {name} token has a ground truth in {band.describe()} with at least "
+                      f"{min_hits(config.targets.max_rel_error)} hits in {gt.samples} samples")
+            return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, [], reason)
     methods = _method_plans(config, registry, scale, [gt.probability(t) for t in selection.tuning], where,
                             temperatures[0])
     return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, methods)
@@ -520,9 +522,9 @@ def _cell_json(cell: Cell) -> dict[str, Any]:
 
 
 def _cell_text(cell: Cell | None, metric: str) -> str:
-    if cell is None or cell.unsupported is not None:
+    if cell is not None and cell.unsupported is not None:
         return "n/a"
-    if cell.scores is None:
+    if cell is None or cell.scores is None:
         return "—"
     value = getattr(cell.scores, metric)
     text = f"{value:.3f}" if math.isfinite(value) else f"∞ ({cell.scores.zeros} zeros)"
@@ -558,12 +560,13 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
             lines += [f"### {title}", "", _md_table(["distribution", *labels], rows), ""]
         lines += ["### Protocol", "", _md_table(
             ["distribution", "samples", "test band", "tokens (in band)", "tuning band", "tokens (in band)",
-             "budget scale", "temperatures"],
+             "budget scale", "temperatures (or why skipped)"],
             [[p.distribution, str(p.ground_truth.samples), p.test_band.describe(),
               f"{len(p.selection.test)} ({p.selection.test_candidates})", p.tuning_band.describe(),
               f"{len(p.selection.tuning)} ({p.selection.tuning_candidates})", f"{p.scale:.4g}",
-              ", ".join(f"{m.label} {t:.3g}" for m in p.methods if m.tuned
-                        and (t := cells[(model, p.distribution, m.label)].temperature) is not None) or "—"]
+              p.skipped or ", ".join(f"{m.label} {t:.3g}" for m in p.methods if m.tuned
+                                     and (t := cells[(model, p.distribution, m.label)].temperature) is not None)
+              or "—"]
              for p in pairs]), ""]
     return "\n".join(lines)
 
@@ -604,18 +607,17 @@ def write_report(repro: Reproduction) -> list[Path]:
         for label in labels:
             panels = []
             for p in pairs:
-                cell = cells[(model, p.distribution, label)]
+                cell = cells.get((model, p.distribution, label), Cell(planned=0))
                 s = cell.scores
                 note = (f"IS loss {s.is_fit:.3f} fit, {_cell_text(cell, 'is_raw')} raw; {s.zeros}/{s.n} zero"
-                        if s is not None else (cell.unsupported and "n/a") or "not run")
+                        if s is not None else "n/a" if cell.unsupported else p.skipped and "no tokens" or "not run")
                 panels.append(ScatterPanel(p.distribution, cell.truth, cell.estimates,
                                            list(s.fit.apply(cell.estimates)) if s is not None else None, note))
             path = folder / f"scatter-{label}.svg"
             write_atomic(path, scatter_grid(f"{label} on {model}: estimate vs ground truth", panels))
             written.append(path)
-        values = {(p.distribution, label): (c.scores.is_fit if (c := cells[(model, p.distribution, label)]).scores
-                                            and c.unsupported is None else None)
-                  for p in pairs for label in labels}
+        values = {(p.distribution, label): c.scores.is_fit if (c := cells.get((model, p.distribution, label)))
+                  and c.scores and c.unsupported is None else None for p in pairs for label in labels}
         path = folder / "losses.svg"
         write_atomic(path, bar_chart(f"{model}: Itakura–Saito loss after fit (lower is better)",
                                      [p.distribution for p in pairs], labels, values, "mean IS loss"))
@@ -632,6 +634,7 @@ def describe_plan(repro: Reproduction, pairs: list[PairPlan]) -> str:
         calls = sum(r.method.budget.model_calls or 0 for r in mine)
         rows.append([p.model, p.distribution, str(p.ground_truth.samples), p.test_band.describe(),
                      f"{len(p.selection.test)}/{len(p.selection.tuning)}", f"{p.scale:.3g}",
-                     " ".join(f"{m.label}={m.budget.model_calls}" for m in p.methods), str(len(mine)), str(calls)])
+                     p.skipped or " ".join(f"{m.label}={m.budget.model_calls}" for m in p.methods), str(len(mine)),
+                     str(calls)])
     return format_table(["model", "distribution", "samples", "test band", "test/tune", "scale",
                          "budgets (model calls)", "pending", "pending calls"], rows)

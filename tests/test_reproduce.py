@@ -134,7 +134,6 @@ def test_cli_reproduce_reports_and_filters(done: rp.Reproduction) -> None:
     ('models = ["random-1l"]', 'models = ["random-2l"]',
      "no shipped ground truth for model 'random-2l' on distribution 'tiny'; available: random-1l/alt, random-1l/tiny"),
     ("tuning_band = [0.0147, 0.3]", "", "give both 'band' and 'tuning_band'"),
-    ("band = [0.002, 0.0147]", "band = [0.5, 0.6]", "no test token has a ground truth in the band"),
     ('name = "gld"', 'name = "mhis"', "less than one step needs"),
 ])
 def test_bad_configs_fail_clearly(done: rp.Reproduction, registry: Registry, old: str, new: str,
@@ -154,6 +153,18 @@ def test_only_model_needs_ground_truth_only_for_the_pairs_it_runs(done: rp.Repro
     assert [p.distribution for p in repro.pairs] == ["tiny", "alt"]
     with pytest.raises(LowprobError, match="no shipped ground truth for model 'random-2l'"):
         rp.plan(path, registry, only_model="random-2l")
+
+
+def test_a_pair_without_tokens_in_its_band_is_skipped_and_reported(done: rp.Reproduction,
+                                                                   registry: Registry) -> None:
+    path = done.path.parent / "empty-band.toml"
+    path.write_text(CONFIG.replace("band = [0.002, 0.0147]", "band = [0.6, 0.7]").replace('output = "out"',
+                                                                                         'output = "out-empty"'))
+    repro = rp.plan(path, registry, output=done.path.parent / "out-empty")
+    assert all(p.skipped and "no test token has a ground truth in [0.6, 0.7)" in p.skipped for p in repro.pairs)
+    assert rp.pending(repro, repro.pairs) == [] and "no test token" in rp.describe_plan(repro, repro.pairs)
+    rp.write_report(repro)
+    assert "no test token" in (repro.output / "losses.md").read_text()
 
 
 def test_a_one_value_grid_fixes_the_temperature_without_tuning_rows(done: rp.Reproduction,
