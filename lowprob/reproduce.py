@@ -592,7 +592,7 @@ def write_report(repro: Reproduction) -> list[Path]:
                        "tuning_band": [p.tuning_band.low, p.tuning_band.high], "scale": p.scale,
                        "test_tokens": list(p.selection.test), "tuning_tokens": list(p.selection.tuning),
                        "test_candidates": p.selection.test_candidates,
-                       "tuning_candidates": p.selection.tuning_candidates,
+                       "tuning_candidates": p.selection.tuning_candidates, "skipped": p.skipped,
                        "methods": {m.label: {"estimator": m.estimator, "options": m.options, "tuned": m.tuned,
                                              "budget": m.budget.model_dump(mode="json", exclude_none=True),
                                              **_cell_json(cells[(p.model, p.distribution, m.label)])}

@@ -165,6 +165,7 @@ def test_a_pair_without_tokens_in_its_band_is_skipped_and_reported(done: rp.Repr
     assert rp.pending(repro, repro.pairs) == [] and "no test token" in rp.describe_plan(repro, repro.pairs)
     rp.write_report(repro)
     assert "no test token" in (repro.output / "losses.md").read_text()
+    assert "no test token" in json.loads((repro.output / "losses.json").read_text())["pairs"][0]["skipped"]
 
 
 def test_a_one_value_grid_fixes_the_temperature_without_tuning_rows(done: rp.Reproduction,
