@@ -4,6 +4,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.naive",
     "lowprob.plugins.builtin.itgis",
     "lowprob.plugins.builtin.mhis",
+    "lowprob.plugins.builtin.tsmc",
     "lowprob.plugins.builtin.extrapolation",
     "lowprob.plugins.builtin.qld",
     "lowprob.plugins.builtin.gld",
