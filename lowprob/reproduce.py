@@ -86,6 +86,8 @@ class BudgetRule(_Strict):
 
     paper_band_high: float = Field(default=1e-5, gt=0, lt=1, description="top of the paper's test band")
     scale: float | None = Field(default=None, gt=0, description="fixed factor on every paper budget")
+    min_scale: float = Field(default=0.0, ge=0, description="floor on the derived scale, so every method can "
+                             "take its first step where a high band would leave it only a few calls")
 
 
 class TemperatureGrid(_Strict):
@@ -341,7 +343,8 @@ def _pair(config: ReproduceConfig, registry: Registry, where: str, model: str, s
     selection = select_targets(gt.counts, gt.samples, test_band, tuning_band, config.targets.n_test,
                                config.targets.n_tuning, _derive_seed("select", config.seed, model, source.name),
                                config.targets.max_rel_error)
-    scale = config.budget.scale or budget_scale(test_band.high, config.budget.paper_band_high)
+    scale = config.budget.scale or max(config.budget.min_scale,
+                                       budget_scale(test_band.high, config.budget.paper_band_high))
     for name, tokens, band in (("test", selection.test, test_band), ("tuning", selection.tuning, tuning_band)):
         if not tokens:
             reason = (f"no {name} token has a ground truth in {band.describe()} with at least "
