@@ -49,7 +49,7 @@ from lowprob.protocol import (
     select_targets,
     temperature_grid,
 )
-from lowprob.report import format_table
+from lowprob.report import format_table, markdown_table
 from lowprob.results import ResultsFile, write_atomic
 
 TUNED_OPTION = "temperature"
@@ -560,8 +560,8 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
                 means.append(f"{np.mean(got):.3f}" if got and all(math.isfinite(v) for v in got) else
                              ("∞" if got else "—"))
             rows.append(["mean", *means])
-            lines += [f"### {title}", "", _md_table(["distribution", *labels], rows), ""]
-        lines += ["### Protocol", "", _md_table(
+            lines += [f"### {title}", "", markdown_table(["distribution", *labels], rows), ""]
+        lines += ["### Protocol", "", markdown_table(
             ["distribution", "samples", "test band", "tokens (in band)", "tuning band", "tokens (in band)",
              "budget scale", "temperatures (or why skipped)"],
             [[p.distribution, str(p.ground_truth.samples), p.test_band.describe(),
@@ -578,10 +578,6 @@ def _models(repro: Reproduction) -> list[str]:
     """The config's models that have at least one planned pair, in config order."""
     return [m for m in repro.config.models if any(p.model == m for p in repro.pairs)]
 
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def write_report(repro: Reproduction) -> list[Path]:
