@@ -7,7 +7,7 @@ Everything here is numpy on plain arrays, with no model and no files, so every r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,11 +234,30 @@ def score(p: ArrayLike, p_hat: ArrayLike) -> Scores:
                   sq_log_raw=float(squared_log_error(p, p_hat).mean()), is_fit_se=se, fit=fit, sq_fit=sq_fit)
 
 
-def best_temperature(losses: dict[float, float]) -> float:
-    """The temperature with the smallest loss; ties go to the one closest to 1 in log space, then the lower."""
-    if not losses:
+@dataclass(frozen=True, order=True)
+class TuningScore:
+    """How one temperature did on the tuning tokens, compared in this order: how many tokens got no positive
+    estimate (a zero, a failed or a missing run: each an infinite loss), then the mean IS loss of the rest,
+    without a fit (a fit through a handful of tuning tokens would be exact and rank nothing)."""
+
+    failures: int
+    loss: float
+
+
+def tuning_score(p: ArrayLike, p_hat: ArrayLike, planned: int) -> TuningScore:
+    """The :class:`TuningScore` of the estimates ``p_hat`` that came back out of ``planned`` tuning runs."""
+    p, p_hat = _floats(p), _floats(p_hat)
+    positive = p_hat > 0
+    loss = float(is_loss(p[positive], p_hat[positive]).mean()) if positive.any() else math.inf
+    return TuningScore(planned - int(positive.sum()), loss)
+
+
+def best_temperature(scores: Mapping[float, TuningScore]) -> float:
+    """The temperature with the best :class:`TuningScore`; ties go to the one closest to 1 in log space, then
+    the lower."""
+    if not scores:
         raise LowprobError("no temperatures to choose from")
-    return min(losses, key=lambda t: (losses[t], abs(math.log(t)), t))
+    return min(scores, key=lambda t: (scores[t], abs(math.log(t)), t))
 
 
 def _floats(a: ArrayLike) -> Floats:

@@ -38,16 +38,16 @@ from lowprob.protocol import (
     Band,
     Scores,
     Selection,
+    TuningScore,
     best_temperature,
     budget_scale,
     derived_bands,
-    fit_is,
-    is_loss,
     min_hits,
     scaled_option,
     score,
     select_targets,
     temperature_grid,
+    tuning_score,
 )
 from lowprob.report import format_table, markdown_table
 from lowprob.results import ResultsFile, write_atomic
@@ -370,29 +370,24 @@ def _problem(model: ModelAdapter, distribution: InputDistribution, token: int) -
     return Problem(MeteredModel(model), distribution, ArgmaxIs(token, model.vocab.token_string(token)))
 
 
-def _tuning_losses(repro: Reproduction, pair: PairPlan, method: MethodPlan, planned: list[Row],
-                   rows: dict[str, dict[str, Any]]) -> dict[float, float]:
-    """Mean fitted IS loss on the tuning tokens at each temperature (∞ when no estimate came back)."""
-    losses = {}
+def _tuning_scores(repro: Reproduction, pair: PairPlan, method: MethodPlan, planned: list[Row],
+                   rows: dict[str, dict[str, Any]]) -> dict[float, TuningScore]:
+    """The tuning score of each temperature from the tuning rows in the results file."""
+    scores = {}
     for temp in repro.temperatures:
-        found = [rows[r.key] for r in planned
-                 if r.phase == "tune" and r.method == method and r.temperature == temp and r.key in rows]
-        ok = [r for r in found if "estimate" in r]
-        if not ok:
-            losses[temp] = math.inf
-            continue
-        p = np.array([pair.p(r["token"]) for r in ok])
-        q = np.array([r["estimate"]["value"] for r in ok])
-        losses[temp] = float(is_loss(p, fit_is(p, q).apply(q)).mean())
-    return losses
+        mine = [r for r in planned if r.phase == "tune" and r.method == method and r.temperature == temp]
+        ok = [rows[r.key] for r in mine if "estimate" in rows.get(r.key, {})]
+        scores[temp] = tuning_score([pair.p(r["token"]) for r in ok], [r["estimate"]["value"] for r in ok],
+                                    len(mine))
+    return scores
 
 
 def _chosen_temperature(repro: Reproduction, pair: PairPlan, method: MethodPlan, planned: list[Row]) -> float:
-    """The grid's only value, or the one with the smallest tuning loss."""
+    """The grid's only value, or the one with the best tuning score."""
     if len(repro.temperatures) == 1:
         return repro.temperatures[0]
     rows = {r["key"]: r for r in repro.results.rows()}
-    return best_temperature(_tuning_losses(repro, pair, method, planned, rows))
+    return best_temperature(_tuning_scores(repro, pair, method, planned, rows))
 
 
 def _record(repro: Reproduction, row: Row, token_text: str, options: dict[str, Any],
@@ -476,7 +471,7 @@ class Cell:
     errors: int = 0
     unsupported: str | None = None
     temperature: float | None = None
-    tuning_losses: dict[float, float] = field(default_factory=dict)
+    tuning: dict[float, TuningScore] = field(default_factory=dict)
     seconds: float | None = None
     truth: list[float] = field(default_factory=list)
     estimates: list[float] = field(default_factory=list)
@@ -497,7 +492,7 @@ def _cells(repro: Reproduction) -> dict[tuple[str, str, str], Cell]:
             ok = [r for r in test if "estimate" in r]
             cell.errors = len(test) - len(ok)
             if method.tuned and any(r.phase == "tune" and r.method == method and r.key in rows for r in planned):
-                cell.tuning_losses = _tuning_losses(repro, pair, method, planned, rows)
+                cell.tuning = _tuning_scores(repro, pair, method, planned, rows)
             if ok:
                 cell.temperature = ok[0].get("temperature")
                 cell.truth = [pair.p(r["token"]) for r in ok]
@@ -515,7 +510,8 @@ def _number(value: float) -> str | float:
 def _cell_json(cell: Cell) -> dict[str, Any]:
     out: dict[str, Any] = {"planned": cell.planned, "errors": cell.errors, "unsupported": cell.unsupported,
                            "temperature": cell.temperature, "seconds_mean": cell.seconds,
-                           "tuning_losses": {f"{t:.4g}": _number(v) for t, v in cell.tuning_losses.items()}}
+                           "tuning": {f"{t:.4g}": {"failures": v.failures, "is_raw": _number(v.loss)}
+                                      for t, v in cell.tuning.items()}}
     s = cell.scores
     if s is not None:
         out |= {"n": s.n, "zeros": s.zeros, "is_fit": _number(s.is_fit), "is_fit_se": _number(s.is_fit_se),

@@ -9,6 +9,7 @@ from lowprob.core.errors import LowprobError
 from lowprob.protocol import (
     Band,
     LogFit,
+    TuningScore,
     best_temperature,
     budget_scale,
     derived_bands,
@@ -21,6 +22,7 @@ from lowprob.protocol import (
     select_targets,
     squared_log_error,
     temperature_grid,
+    tuning_score,
 )
 
 
@@ -168,7 +170,17 @@ def test_budget_scale_keeps_budget_times_band_top() -> None:
     assert scaled_option(256, 1e-6, 1.0) == 1
 
 
+def test_tuning_score_counts_failures_first_then_the_unfitted_loss() -> None:
+    score_ = tuning_score([1e-3, 2e-3, 4e-3], [2e-3, 0.0, 4e-3], planned=4)  # one zero, one run missing
+    assert score_ == TuningScore(2, pytest.approx((_l(1e-3, 2e-3) + 0.0) / 2))
+    assert tuning_score([], [], planned=3) == TuningScore(3, math.inf)
+    assert TuningScore(0, 5.0) < TuningScore(1, 0.1) < TuningScore(1, 0.2)
+
+
 def test_best_temperature_breaks_ties_towards_one() -> None:
-    assert best_temperature({0.5: 0.3, 1.0: 0.2, 2.0: 0.25}) == 1.0
-    assert best_temperature({0.5: 0.1, 2.0: 0.1, 4.0: 0.1}) == 0.5
-    assert best_temperature({0.2: math.inf, 5.0: 1.0}) == 5.0
+    def s(loss: float, failures: int = 0) -> TuningScore:
+        return TuningScore(failures, loss)
+
+    assert best_temperature({0.5: s(0.3), 1.0: s(0.2), 2.0: s(0.25)}) == 1.0
+    assert best_temperature({0.5: s(0.1), 2.0: s(0.1), 4.0: s(0.1)}) == 0.5
+    assert best_temperature({0.2: s(0.01, failures=1), 5.0: s(1.0)}) == 5.0

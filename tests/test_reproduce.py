@@ -90,7 +90,8 @@ def test_rows_tables_and_figures_are_written(done: rp.Reproduction) -> None:
     losses = json.loads((done.output / "losses.json").read_text())
     pair = next(p for p in losses["pairs"] if p["distribution"] == "tiny")
     assert pair["methods"]["naive"]["n"] == 3 and pair["methods"]["itgis"]["temperature"] in (0.5, 2.0)
-    assert set(pair["methods"]["itgis"]["tuning_losses"]) == {"0.5", "2"}
+    assert set(pair["methods"]["itgis"]["tuning"]) == {"0.5", "2"}
+    assert pair["methods"]["itgis"]["tuning"]["0.5"]["failures"] >= 0
     constant = pair["methods"]["optimal-constant"]
     p_tuning = [done.pairs[0].p(t) for t in pair["tuning_tokens"]]
     assert constant["options"]["value"] == pytest.approx(sum(p_tuning) / len(p_tuning))
