@@ -10,6 +10,7 @@ Twist building is counted by the meter and reported apart from estimation (``tra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -107,7 +108,7 @@ def _cost(cost: Cost, backward_weight: float) -> dict[str, float]:
             "model_calls": cost.model_calls(backward_weight), "model_seconds": cost.model_seconds}
 
 
-def plan_replicates(calls: float, cost: Any, particles: int) -> tuple[int, ...] | None:
+def plan_replicates(calls: float, cost: Callable[[int], float], particles: int) -> tuple[int, ...] | None:
     """Replicate sizes fixed before any replicate runs (so the size-weighted mean stays unbiased): as many runs
     of ``particles`` as ``calls`` allow plus one smaller run with the rest, or two equal smaller runs when fewer
     than two full ones fit. ``cost(n)`` is the most one run of n particles can spend; ``None``: no call limit."""
