@@ -33,6 +33,8 @@ class BracketRow:
     lower: float
     upper: float
     positives: int
+    zero_runs: int
+    runs: int
 
     @property
     def kl_forward(self) -> float:
@@ -63,5 +65,6 @@ def bracket_targets(registry: Registry, gt: GroundTruth, estimator: str, tokens:
         problem = Problem(MeteredModel(compiled.model), distribution, ArgmaxIs(token, text))
         bracket = log_z_bounds(cls(None), problem, torch.tensor(hits), runs=runs, particles=particles, seed=seed)
         p = gt.probability(token)
-        rows.append(BracketRow(token, text, p, math.log(p), bracket.lower.mean, bracket.upper.mean, len(hits)))
+        rows.append(BracketRow(token, text, p, math.log(p), bracket.lower.mean, bracket.upper.mean, len(hits),
+                               bracket.lower.zero_runs, bracket.lower.runs))
     return rows

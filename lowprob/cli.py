@@ -496,12 +496,13 @@ def _show_ground_truth(gt: Any, path: Path, top: int = 0) -> None:
 @click.argument("distribution")
 @click.option("--estimator", default="tsmc", show_default=True, help="tsmc or tsmc-ctl (its default twist).")
 @click.option("--tokens", "n_tokens", type=int, default=4, show_default=True,
-              help="The rarest tokens with at least 12 ground-truth hits and stored hitting inputs.")
+              help="The rarest tokens with at least --min-hits ground-truth hits and stored hitting inputs.")
+@click.option("--min-hits", type=int, default=12, show_default=True)
 @click.option("--runs", type=int, default=8, show_default=True, help="Forward SMC runs for the lower bound.")
 @click.option("--particles", type=int, default=None, help="Particles per run (default: the estimator's).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def brackets(model: str, distribution: str, estimator: str, n_tokens: int, runs: int, particles: int | None,
-             seed: int) -> None:
+def brackets(model: str, distribution: str, estimator: str, n_tokens: int, min_hits: int, runs: int,
+             particles: int | None, seed: int) -> None:
     """Twisted-SMC log-Z brackets [lower, upper] on targets of a shipped ground truth, with the KL gaps.
 
     \b
@@ -512,16 +513,17 @@ def brackets(model: str, distribution: str, estimator: str, n_tokens: int, runs:
     from lowprob.ground_truth import load_shipped
 
     gt = load_shipped(model, distribution)
-    candidates = sorted((int(t) for t in range(gt.d_vocab) if gt.counts[t] >= 12 and gt.hits(int(t))),
+    candidates = sorted((int(t) for t in range(gt.d_vocab) if gt.counts[t] >= min_hits and gt.hits(int(t))),
                         key=lambda t: int(gt.counts[t]))[:n_tokens]
     if not candidates:
-        raise LowprobError(f"no token of {model}/{distribution} has 12 ground-truth hits and stored hitting inputs")
+        raise LowprobError(f"no token of {model}/{distribution} has {min_hits} ground-truth hits and stored "
+                           "hitting inputs")
     rows = bracket_targets(_registry(), gt, estimator, candidates, runs=runs, particles=particles, seed=seed)
     click.echo(markdown_table(
-        ["token", "p (ground truth)", "log p", "lower (forward SMC)", "upper (conditional SMC)",
-         "log p − lower", "upper − log p"],
-        [[repr(r.token_text), f"{r.p_true:.3g}", f"{r.log_p_true:.2f}", f"{r.lower:.2f}", f"{r.upper:.2f}",
-          f"{r.kl_forward:.2f}", f"{r.kl_reverse:.2f}"] for r in rows]))
+        ["token", "p (ground truth)", "log p", "lower (forward SMC)", "forward runs with no hit",
+         "upper (conditional SMC)", "log p − lower", "upper − log p"],
+        [[repr(r.token_text), f"{r.p_true:.3g}", f"{r.log_p_true:.2f}", f"{r.lower:.2f}", f"{r.zero_runs}/{r.runs}",
+          f"{r.upper:.2f}", f"{r.kl_forward:.2f}", f"{r.kl_reverse:.2f}"] for r in rows]))
 
 
 @main.command(name="freq-table")
