@@ -15,6 +15,10 @@ settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True
 settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The suite runs thousands of tiny tensor operations, where intra-op threads only add synchronisation (measured:
+# several times slower with two threads on a loaded 2-core machine). LOWPROB_TEST_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("LOWPROB_TEST_THREADS", "1")))
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

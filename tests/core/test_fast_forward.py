@@ -99,3 +99,14 @@ def test_embedding_gradients_project_to_the_token_scores() -> None:
     e_logits, grads = adapter.embedding_gradients(tokens, target)
     assert grads.shape == (10, 4, 16) and torch.equal(e_logits, logits)
     assert (grads @ adapter.W_E.T - scores).abs().max() < 1e-5 * max(1.0, scores.abs().max().item())
+
+
+@pytest.mark.gpu
+def test_fast_path_on_a_gpu_matches_the_reference_forward() -> None:
+    adapter = tiny_model(d_vocab=11, n_ctx=12, n_layers=2, d_model=16, seed=3)
+    model = adapter.model.to("cuda")
+    gpu = ModelAdapter(model, adapter.vocab, adapter.name, device="cuda")
+    assert gpu.fast_path is not None
+    tokens = torch.randint(11, (64, 9), generator=torch.Generator().manual_seed(1))
+    reference = _reference_logits(gpu, tokens.cuda()).cpu()
+    assert torch.equal(gpu.last_logits(tokens).cpu().argmax(-1), reference.argmax(-1))
