@@ -526,7 +526,8 @@ def _cell_text(cell: Cell | None, metric: str) -> str:
     if cell is None or cell.scores is None:
         return "—"
     value = getattr(cell.scores, metric)
-    text = f"{value:.3f}" if math.isfinite(value) else f"∞ ({cell.scores.zeros} zeros)"
+    zeros = cell.scores.zeros
+    text = f"{value:.3f}" if math.isfinite(value) else f"∞ ({zeros} zero{'s' if zeros != 1 else ''})"
     return text + ("*" if cell.scores.n < cell.planned else "")
 
 
