@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ("lowprob.api", "lowprob.cli", "lowprob.experiments", "lowprob.report", "lowprob.results")
+APP = ("lowprob.api", "lowprob.cli", "lowprob.experiments", "lowprob.report", "lowprob.results",
+       "lowprob.ground_truth", "lowprob.protocol", "lowprob.reproduce", "lowprob.figures", "lowprob.brackets")
 FORBIDDEN = {
     "core": ("lowprob.dsl", "lowprob.plugins", *APP),
     "dsl": ("lowprob.plugins", *APP),
