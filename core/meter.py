@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
 from lowprob.core.model import ModelAdapter
 from lowprob.core.target import Target
 from lowprob.core.vocabulary import Vocabulary
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,41 +70,31 @@ class MeteredModel:
     def W_U(self) -> torch.Tensor:  # noqa: N802
         return self.adapter.W_U
 
-    def _count(self, n: int, backward: bool, started: float) -> None:
+    def _metered(self, backward: bool, fn: Callable[..., T], tokens: torch.Tensor, *args: Any) -> T:
+        """``fn(tokens, *args)``, counting one forward (and, with ``backward``, one backward) pass per sequence."""
+        started = time.perf_counter()
+        out = fn(tokens, *args)
+        n = tokens.shape[0]
         self._forward += n
         if backward:
             self._backward += n
         self._seconds += time.perf_counter() - started
+        return out
 
     def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        out = self.adapter.last_logits(tokens)
-        self._count(tokens.shape[0], False, t0)
-        return out
+        return self._metered(False, self.adapter.last_logits, tokens)
 
     def last_activations(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        out = self.adapter.last_activations(tokens)
-        self._count(tokens.shape[0], False, t0)
-        return out
+        return self._metered(False, self.adapter.last_activations, tokens)
 
     def target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        out = self.adapter.target_gradients(tokens, target)
-        self._count(tokens.shape[0], True, t0)
-        return out
+        return self._metered(True, self.adapter.target_gradients, tokens, target)
 
     def mean_target_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        out = self.adapter.mean_target_gradients(tokens, target)
-        self._count(tokens.shape[0], True, t0)
-        return out
+        return self._metered(True, self.adapter.mean_target_gradients, tokens, target)
 
     def embedding_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        out = self.adapter.embedding_gradients(tokens, target)
-        self._count(tokens.shape[0], True, t0)
-        return out
+        return self._metered(True, self.adapter.embedding_gradients, tokens, target)
 
     @property
     def W_E(self) -> torch.Tensor:  # noqa: N802
@@ -112,10 +106,7 @@ class MeteredModel:
 
     def activations(self, tokens: torch.Tensor, hook: str) -> torch.Tensor:
         """Activations at ``hook`` for every position (see :meth:`ModelAdapter.activations`); n forward passes."""
-        t0 = time.perf_counter()
-        out = self.adapter.activations(tokens, hook)
-        self._count(tokens.shape[0], False, t0)
-        return out
+        return self._metered(False, self.adapter.activations, tokens, hook)
 
     def fork(self) -> MeteredModel:
         """A fresh meter over the same model: compute counted on it is reported apart from this one's (e.g.

@@ -10,15 +10,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lowprob.api import SpecSource, compile_source, resolve_spec, run_problem
+from lowprob.config_files import read_toml_config
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import Estimate
@@ -115,29 +115,9 @@ class Experiment:
         return (self.path.parent / self.spec.output).resolve()
 
 
-def _format_validation(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid experiment file"]
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def read_experiment(path: Path | str) -> ExperimentFile:
     """Parse and validate an experiment file; errors name the file, the key and the problem."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LowprobError(f"experiment file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise LowprobError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return ExperimentFile(**data)
-    except ValidationError as exc:
-        raise LowprobError(_format_validation(path, exc)) from None
-    except LowprobError as exc:  # e.g. a budget that cannot work
-        raise LowprobError(f"{path}: {exc}") from None
+    return read_toml_config(path, ExperimentFile, "experiment file")
 
 
 def _source(entry: DistributionEntry, base: Path, registry: Registry) -> SpecSource:

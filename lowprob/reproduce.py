@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -20,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lowprob.api import SpecSource, compile_source, resolve_spec, run_problem
+from lowprob.config_files import read_toml_config
 from lowprob.core.budget import Budget
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
@@ -209,19 +209,7 @@ def shipped_config(quick: bool = False) -> Path:
 
 def read_config(path: Path | str) -> ReproduceConfig:
     """Parse and validate a reproduce config; errors name the file, the key and the problem."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LowprobError(f"reproduce config {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise LowprobError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return ReproduceConfig(**data)
-    except ValidationError as exc:
-        lines = [f"{path}: invalid reproduce config"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
-        raise LowprobError("\n".join(lines)) from None
+    return read_toml_config(path, ReproduceConfig, "reproduce config")
 
 
 def _derive_seed(*parts: object) -> int:

@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ("lowprob.api", "lowprob.cli", "lowprob.experiments", "lowprob.report", "lowprob.results",
-       "lowprob.ground_truth", "lowprob.protocol", "lowprob.reproduce", "lowprob.figures", "lowprob.brackets")
+       "lowprob.ground_truth", "lowprob.protocol", "lowprob.reproduce", "lowprob.figures", "lowprob.brackets",
+       "lowprob.config_files")
 FORBIDDEN = {
     "core": ("lowprob.dsl", "lowprob.plugins", *APP),
     "dsl": ("lowprob.plugins", *APP),
