@@ -44,13 +44,13 @@ class ArgmaxCounts:
         self.counts += torch.bincount(argmax, minlength=self.d_vocab)
 
 
-def count_argmax(logits: Callable[[torch.Tensor], torch.Tensor], distribution: InputDistribution, samples: int,
+def count_argmax(argmax: Callable[[torch.Tensor], torch.Tensor], distribution: InputDistribution, samples: int,
                  generator: torch.Generator, *, batch_size: int = 4096, reservoir_size: int = 0,
                  on_batch: Callable[[int], None] | None = None) -> ArgmaxCounts:
     """Draw ``samples`` inputs from ``distribution`` with ``generator`` and count their argmax tokens.
 
-    ``logits`` maps a ``[B, n]`` token batch to last-position logits ``[B, d_vocab]``; ``on_batch`` is called
-    with each batch's size (for progress). Ties go to the lowest token id, as ``torch.argmax`` does.
+    ``argmax`` maps a ``[B, n]`` token batch to its last-position argmax tokens ``[B]`` (ties to the lowest
+    token id, as ``torch.argmax`` does); ``on_batch`` is called with each batch's size (for progress).
     """
     tally = ArgmaxCounts(distribution.vocab_size, reservoir_size)
     done = 0
@@ -58,7 +58,7 @@ def count_argmax(logits: Callable[[torch.Tensor], torch.Tensor], distribution: I
         n = min(batch_size, samples - done)
         tokens = distribution.sample(n, generator)
         with torch.no_grad():
-            tally.add(tokens, logits(tokens).argmax(dim=-1))
+            tally.add(tokens, argmax(tokens))
         done += n
         if on_batch is not None:
             on_batch(n)

@@ -5,6 +5,8 @@ built-in ones), every layer but the last runs at all positions; the last layer c
 positions but its query, attention output and MLP only at the last position; the final LayerNorm and the
 unembedding run on one vector per sequence. The arithmetic is the same float32 arithmetic as the reference
 forward, reordered, so results agree up to float32 rounding (tests and a load-time self-check compare them).
+Counting argmaxes can also run the unembedding in a cheaper precision with a proof that the argmax is unchanged
+(:mod:`lowprob.core.certified_argmax`).
 
 ``FastForward.from_model`` returns ``None`` for anything it cannot prove it reproduces (other architectures,
 stand-in models), and the caller keeps the reference path.
@@ -170,27 +172,33 @@ class FastForward:
         index[positions, tokens] = torch.arange(rows.shape[0], device=rows.device)
         return FirstLayerTable(index, rows.contiguous())
 
-    def last_activations(self, tokens: torch.Tensor,
-                         table: FirstLayerTable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pre-unembed activations (after the final LayerNorm) at the last position and their logits.
+    def last_normed(self, tokens: torch.Tensor, table: FirstLayerTable | None = None) -> torch.Tensor:
+        """The final LayerNorm's output at the last position ``[B, d]``, which the unembedding reads.
 
         With ``table`` (from :meth:`first_layer_table`), every token must lie in the table's support.
         """
-        n = tokens.shape[1]
         if table is not None and len(self.blocks) == 1:
-            x = (self.W_E[tokens[:, -1]] + self.W_pos[n - 1]).unsqueeze(1)
-            a = self.ln_final(self._last_block(self.blocks[0], x, table.lookup(tokens)))
-            return a, a @ self.W_U + self.b_U
-        return self.from_embeddings(self.W_E[tokens], table.lookup(tokens) if table is not None else None)
+            x = (self.W_E[tokens[:, -1]] + self.W_pos[tokens.shape[1] - 1]).unsqueeze(1)
+            return self.ln_final(self._last_block(self.blocks[0], x, table.lookup(tokens)))
+        return self._normed(self.W_E[tokens], table.lookup(tokens) if table is not None else None)
+
+    def _normed(self, embeddings: torch.Tensor, first: torch.Tensor | None = None) -> torch.Tensor:
+        x = embeddings + self.W_pos[: embeddings.shape[1]]
+        for i, block in enumerate(self.blocks[:-1]):
+            x = self._full_block(block, x, first if i == 0 else None)
+        return self.ln_final(self._last_block(self.blocks[-1], x))
+
+    def last_activations(self, tokens: torch.Tensor,
+                         table: FirstLayerTable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-unembed activations (after the final LayerNorm) at the last position and their logits."""
+        a = self.last_normed(tokens, table)
+        return a, a @ self.W_U + self.b_U
 
     def from_embeddings(self, embeddings: torch.Tensor,
                         first: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`last_activations` from token embeddings ``[B, n, d]`` (``hook_embed``), so callers can take
         gradients with respect to them; ``first`` optionally holds the first layer's precomputed attention inputs."""
-        x = embeddings + self.W_pos[: embeddings.shape[1]]
-        for i, block in enumerate(self.blocks[:-1]):
-            x = self._full_block(block, x, first if i == 0 else None)
-        a = self.ln_final(self._last_block(self.blocks[-1], x))
+        a = self._normed(embeddings, first)
         return a, a @ self.W_U + self.b_U
 
     def last_logits(self, tokens: torch.Tensor, table: FirstLayerTable | None = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from lowprob.api import (
     run_problem,
 )
 from lowprob.core.budget import Budget
+from lowprob.core.certified_argmax import PRECISIONS
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Problem
@@ -413,11 +414,14 @@ def _power_of_two(value: str) -> int:
               help="Tokens more frequent than this keep no hitting inputs.")
 @click.option("--batch-size", type=int, default=4096, show_default=True)
 @click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="Unembedding precision; counts stay the float32 ones (rows the error bound cannot certify are "
+                   "recomputed in float32). Faster on GPUs; tf32 is CUDA only.")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="Ground-truth file (resumed if there).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
 def ground_truth_run(spec: str, model: str | None, distribution: str | None, samples: str, shard_size: str,
                      first_seed: int, reservoir: int, reservoir_max_p: float, batch_size: int, device: str | None,
-                     output: Path, progress: bool | None) -> None:
+                     precision: str, output: Path, progress: bool | None) -> None:
     """Count argmax tokens of SPEC's inputs (a registered distribution, a spec file or DSL text).
 
     \b
@@ -438,7 +442,7 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
     total = run_ground_truth(adapter, dist, source.name if distribution is None else distribution, output,
                              samples=_power_of_two(samples), shard_size=_power_of_two(shard_size),
                              first_seed=first_seed, reservoir_size=reservoir, reservoir_max_p=reservoir_max_p,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, precision=precision, progress=progress)
     _show_ground_truth(total, output)
 
 
@@ -485,6 +489,9 @@ def _show_ground_truth(gt: Any, path: Path, top: int = 0) -> None:
     click.echo(f"{path}: {gt.model} on {gt.distribution} (hash {gt.distribution_hash[:16]}), {gt.samples} samples "
                f"in {len(gt.seeds)} shards of {gt.shard_size}, {int((gt.counts > 0).sum())} tokens seen, "
                f"{gt.metadata.get('seconds', '?')} s counting")
+    if gt.metadata.get("precision", "fp32") != "fp32":
+        click.echo(f"unembedding in {gt.metadata['precision']}, certified; {gt.metadata.get('rechecked', 0)} rows "
+                   f"recomputed in float32")
     order = gt.counts.argsort()[::-1][:top]
     for t in order:
         if gt.counts[t]:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lowprob import __version__
+from lowprob.core.certified_argmax import CertifiedUnembedding, matmul_mode
 from lowprob.core.counting import count_argmax
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
@@ -107,9 +108,7 @@ class GroundTruth:
                      for t in sorted(set(self.reservoir) | set(other.reservoir)) if counts[t] <= max_p * samples}
         return GroundTruth(self.model, self.distribution, self.distribution_hash, self.d_vocab, self.shard_size,
                            tuple(sorted(self.seeds + other.seeds)), counts, reservoir, size,
-                           {**second.metadata, **first.metadata,
-                            "seconds": round(float(self.metadata.get("seconds", 0)) + float(
-                                other.metadata.get("seconds", 0)), 1)})
+                           {**second.metadata, **first.metadata, **_summed_metadata(self.metadata, other.metadata)})
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; counts are stored sparsely as ``{token id: count}``."""
@@ -157,6 +156,20 @@ class GroundTruth:
         except json.JSONDecodeError as exc:
             raise LowprobError(f"{path}: not JSON ({exc})") from exc
         return cls.from_json(data, str(path))
+
+
+SUMMED_METADATA = ("seconds", "rechecked")
+"""Metadata that adds up across merged shards; ``precision`` lists every precision the shards were counted in."""
+
+
+def _summed_metadata(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {key: round(float(a.get(key, 0)) + float(b.get(key, 0)), 1)
+                              for key in SUMMED_METADATA if key in a or key in b}
+    if "rechecked" in merged:
+        merged["rechecked"] = int(merged["rechecked"])
+    precisions = {p for m in (a, b) for p in str(m.get("precision", "fp32")).split("+")}
+    merged["precision"] = "+".join(sorted(precisions))
+    return merged
 
 
 def compress_seeds(seeds: Iterable[int]) -> list[list[int]]:
@@ -207,13 +220,28 @@ def shard_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _logits_fn(adapter: ModelAdapter,
-               distribution: InputDistribution) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """Last-position logits for this distribution's inputs: the fast path with first-layer tables when the
-    model allows it and the tables fit in memory, else the adapter's own path."""
+@dataclass
+class ArgmaxPath:
+    """How a ground truth computes argmaxes: the function, its label, and how many rows the certified
+    low-precision unembedding sent back to float32 so far."""
+
+    label: str
+    precision: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    rechecked: int = 0
+
+
+def argmax_path(adapter: ModelAdapter, distribution: InputDistribution, precision: str = "fp32") -> ArgmaxPath:
+    """Last-position argmaxes for this distribution's inputs: the fast path with first-layer tables when the
+    model allows it and the tables fit in memory, else the adapter's own path; with ``precision`` other than
+    ``fp32`` the unembedding runs in it, certified (:mod:`lowprob.core.certified_argmax`)."""
     fast = adapter.fast_path
     if fast is None:
-        return adapter.last_logits, "reference"
+        if precision != "fp32":
+            raise LowprobError(f"precision {precision!r} needs lowprob's fast forward, which model {adapter.name!r} "
+                               f"does not have (not a standard pre-LayerNorm transformer); use fp32")
+        return ArgmaxPath("reference", precision, lambda tokens: adapter.last_logits(tokens).argmax(dim=-1))
+    unembed = CertifiedUnembedding(fast.W_U, fast.b_U, precision)
     support = (distribution.dense_log_probs() > -math.inf).to(fast.W_E.device)
     width = 3 * fast.n_heads * fast.d_head
     table: FirstLayerTable | None = None
@@ -221,29 +249,34 @@ def _logits_fn(adapter: ModelAdapter,
         table = fast.first_layer_table(support)
     device = fast.W_E.device
 
-    def logits(tokens: torch.Tensor) -> torch.Tensor:
-        return fast.last_logits(tokens.to(device), table)
+    def argmax(tokens: torch.Tensor) -> torch.Tensor:
+        with matmul_mode(device, tf32=False):
+            normed = fast.last_normed(tokens.to(device), table)
+        result = unembed.argmax(normed)
+        path.rechecked += result.rechecked
+        return result.argmax
 
-    return logits, "fast+tables" if table is not None else "fast"
+    path = ArgmaxPath("fast+tables" if table is not None else "fast", precision, argmax)
+    return path
 
 
 def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: str, seed: int, shard_size: int, *,
                 reservoir_size: int = 8, reservoir_max_p: float = 1e-3, batch_size: int = 4096,
-                on_batch: Any = None) -> GroundTruth:
+                precision: str = "fp32", on_batch: Any = None) -> GroundTruth:
     """Shard ``seed`` of the ground truth of ``adapter`` on ``distribution`` (named ``name``)."""
     if distribution.length > adapter.n_ctx:
         raise LowprobError(f"distribution {name!r} has {distribution.length} positions; model {adapter.name!r} "
                            f"takes at most {adapter.n_ctx}")
-    logits, path = _logits_fn(adapter, distribution)
+    path = argmax_path(adapter, distribution, precision)
     started = time.perf_counter()
-    tally = count_argmax(logits, distribution, shard_size, shard_generator(seed), batch_size=batch_size,
+    tally = count_argmax(path.fn, distribution, shard_size, shard_generator(seed), batch_size=batch_size,
                          reservoir_size=reservoir_size, on_batch=on_batch)
     counts = tally.counts.numpy()
     reservoir = {t: tuple(xs) for t, xs in sorted(tally.hits.items()) if counts[t] <= reservoir_max_p * shard_size}
-    metadata = {"reservoir_max_p": reservoir_max_p, "forward": path,
-                "seconds": round(time.perf_counter() - started, 1), "lowprob": __version__,
-                "torch": torch.__version__, "device": str(adapter.fast_path.W_E.device if adapter.fast_path
-                                                          else adapter.device),
+    metadata = {"reservoir_max_p": reservoir_max_p, "forward": path.label, "precision": path.precision,
+                "rechecked": path.rechecked, "seconds": round(time.perf_counter() - started, 1),
+                "lowprob": __version__, "torch": torch.__version__,
+                "device": str(adapter.fast_path.W_E.device if adapter.fast_path else adapter.device),
                 "machine": platform.machine(), "seed_derivation": "sha256('lowprob-ground-truth/<seed>')[:8] >> 1"}
     return GroundTruth(adapter.name, name, distribution.content_hash, adapter.d_vocab, shard_size, (seed,),
                        counts.astype(np.int64), reservoir, reservoir_size, metadata)
@@ -251,12 +284,14 @@ def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: st
 
 def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, name: str, output: Path, *,
                      samples: int, shard_size: int = 1 << 16, first_seed: int = 0, reservoir_size: int = 8,
-                     reservoir_max_p: float = 1e-3, batch_size: int = 4096,
+                     reservoir_max_p: float = 1e-3, batch_size: int = 4096, precision: str = "fp32",
                      progress: bool | None = None) -> GroundTruth:
     """Count shards ``first_seed ..`` until ``samples`` inputs are in ``output``, resuming what is there.
 
     After each shard the merged file is rewritten atomically, so a run killed at any point loses at most the
-    shard in progress, and rerunning it gives bit-identical counts.
+    shard in progress, and rerunning it gives bit-identical counts. ``precision`` (``fp32``, ``bf16``, ``fp16``,
+    ``tf32``) only changes speed: the counts are the float32 ones (certified, see
+    :mod:`lowprob.core.certified_argmax`), so shards counted in different precisions merge.
     """
     if samples <= 0 or samples % shard_size:
         raise LowprobError(f"samples ({samples}) must be a positive multiple of the shard size ({shard_size})")
@@ -273,7 +308,8 @@ def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, nam
     with progress_bar(len(todo) * shard_size, f"{adapter.name}/{name}", progress, unit="seq") as bar:
         for seed in todo:
             shard = count_shard(adapter, distribution, name, seed, shard_size, reservoir_size=reservoir_size,
-                                reservoir_max_p=reservoir_max_p, batch_size=batch_size, on_batch=bar.update)
+                                reservoir_max_p=reservoir_max_p, batch_size=batch_size, precision=precision,
+                                on_batch=bar.update)
             total = shard if total is None else total.merge(shard)
             total.save(output)
     if total is None:

@@ -40,11 +40,11 @@ def test_counts_are_the_argmax_of_every_drawn_input() -> None:
     adapter, dist = problem.model, problem.distribution
     seen: list[torch.Tensor] = []
 
-    def logits(tokens: torch.Tensor) -> torch.Tensor:
+    def argmax(tokens: torch.Tensor) -> torch.Tensor:
         seen.append(tokens)
-        return adapter.last_logits(tokens)
+        return adapter.last_logits(tokens).argmax(dim=-1)
 
-    tally = count_argmax(logits, dist, 1000, torch.Generator().manual_seed(5), batch_size=96, reservoir_size=3)
+    tally = count_argmax(argmax, dist, 1000, torch.Generator().manual_seed(5), batch_size=96, reservoir_size=3)
     drawn = torch.cat(seen)
     argmax = adapter.last_logits(drawn).argmax(-1)
     assert drawn.shape == (1000, 3) and tally.samples == 1000
@@ -191,6 +191,40 @@ def test_fast_path_counts_equal_reference_counts(tmp_path: Path) -> None:
                               shard_size=512)
     assert fast_gt.metadata["forward"] == "fast+tables" and ref_gt.metadata["forward"] == "reference"
     assert np.array_equal(fast_gt.counts, ref_gt.counts)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_counts_equal_float32_counts(tmp_path: Path, precision: str) -> None:
+    """A certified low-precision unembedding changes speed, never counts; its shards merge with float32 ones."""
+    adapter = tiny_model(d_vocab=40, n_ctx=6, n_layers=2, d_model=16, seed=4)
+    dist = toy_problem(seed=2, d_vocab=40).distribution
+    exact = run_ground_truth(adapter, dist, "toy", tmp_path / "exact.json", samples=2048, shard_size=512)
+    cheap = run_ground_truth(adapter, dist, "toy", tmp_path / "cheap.json", samples=2048, shard_size=512,
+                             precision=precision)
+    assert np.array_equal(exact.counts, cheap.counts) and exact.reservoir == cheap.reservoir
+    assert cheap.metadata["precision"] == precision and exact.metadata["precision"] == "fp32"
+    assert int(cheap.metadata["rechecked"]) >= 0 and exact.metadata["rechecked"] == 0
+    low = run_ground_truth(adapter, dist, "toy", tmp_path / "low.json", samples=1024, shard_size=512)
+    high = run_ground_truth(adapter, dist, "toy", tmp_path / "high.json", samples=1024, shard_size=512,
+                            first_seed=2, precision=precision)
+    merged = low.merge(high)
+    assert np.array_equal(merged.counts, exact.counts)
+    assert merged.metadata["precision"] == "+".join(sorted(["fp32", precision]))
+
+
+def test_low_precision_needs_the_fast_path(tmp_path: Path) -> None:
+    from lowprob.core.model import ModelAdapter
+
+    adapter = tiny_model(d_vocab=7, n_ctx=6, n_layers=1, seed=3)
+    reference = ModelAdapter(adapter.model, adapter.vocab, adapter.name, fast=False)
+    with pytest.raises(LowprobError, match="precision 'bf16' needs lowprob's fast forward"):
+        run_ground_truth(reference, toy_problem(seed=7, d_vocab=7).distribution, "toy", tmp_path / "r.json",
+                         samples=512, shard_size=512, precision="bf16")
+    result = CliRunner().invoke(main, ["ground-truth", "run", DEMO, "--model", "random-1l", "--samples", "512",
+                                       "--shard-size", "512", "--precision", "tf32", "--device", "cpu",
+                                       "--output", str(tmp_path / "t.json")])
+    assert result.exit_code != 0 and "'tf32' is a CUDA tensor-core mode" in result.output
+    assert not (tmp_path / "t.json").exists()
 
 
 def test_unknown_shipped_pair_lists_the_available_ones(tmp_path: Path) -> None:
