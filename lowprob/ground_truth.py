@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lowprob import __version__
-from lowprob.core.certified_argmax import CertifiedUnembedding, matmul_mode
+from lowprob.core.certified_argmax import CertifiedArgmax, CertifiedUnembedding, matmul_mode
 from lowprob.core.counting import count_argmax
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
@@ -220,15 +220,17 @@ def shard_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-@dataclass
 class ArgmaxPath:
-    """How a ground truth computes argmaxes: the function, its label, and how many rows the certified
-    low-precision unembedding sent back to float32 so far."""
+    """Last-position argmaxes of token batches, how they are computed (``label``, ``precision``), and how many
+    rows the certified low-precision unembedding has sent back to float32 so far."""
 
-    label: str
-    precision: str
-    fn: Callable[[torch.Tensor], torch.Tensor]
-    rechecked: int = 0
+    def __init__(self, label: str, precision: str, argmax: Callable[[torch.Tensor], CertifiedArgmax]) -> None:
+        self.label, self.precision, self._argmax, self.rechecked = label, precision, argmax, 0
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        result = self._argmax(tokens)
+        self.rechecked += result.rechecked
+        return result.argmax
 
 
 def argmax_path(adapter: ModelAdapter, distribution: InputDistribution, precision: str = "fp32") -> ArgmaxPath:
@@ -240,24 +242,21 @@ def argmax_path(adapter: ModelAdapter, distribution: InputDistribution, precisio
         if precision != "fp32":
             raise LowprobError(f"precision {precision!r} needs lowprob's fast forward, which model {adapter.name!r} "
                                f"does not have (not a standard pre-LayerNorm transformer); use fp32")
-        return ArgmaxPath("reference", precision, lambda tokens: adapter.last_logits(tokens).argmax(dim=-1))
+        return ArgmaxPath("reference", precision,
+                          lambda tokens: CertifiedArgmax(adapter.last_logits(tokens).argmax(dim=-1), 0))
     unembed = CertifiedUnembedding(fast.W_U, fast.b_U, precision)
-    support = (distribution.dense_log_probs() > -math.inf).to(fast.W_E.device)
-    width = 3 * fast.n_heads * fast.d_head
-    table: FirstLayerTable | None = None
-    if int(support.sum()) * width * fast.W_E.element_size() <= TABLE_BYTES_LIMIT:
-        table = fast.first_layer_table(support)
     device = fast.W_E.device
+    support = (distribution.dense_log_probs() > -math.inf).to(device)
+    table: FirstLayerTable | None = None
+    if int(support.sum()) * 3 * fast.n_heads * fast.d_head * fast.W_E.element_size() <= TABLE_BYTES_LIMIT:
+        table = fast.first_layer_table(support)
 
-    def argmax(tokens: torch.Tensor) -> torch.Tensor:
+    def argmax(tokens: torch.Tensor) -> CertifiedArgmax:
         with matmul_mode(device, tf32=False):
             normed = fast.last_normed(tokens.to(device), table)
-        result = unembed.argmax(normed)
-        path.rechecked += result.rechecked
-        return result.argmax
+        return unembed.argmax(normed)
 
-    path = ArgmaxPath("fast+tables" if table is not None else "fast", precision, argmax)
-    return path
+    return ArgmaxPath("fast+tables" if table is not None else "fast", precision, argmax)
 
 
 def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: str, seed: int, shard_size: int, *,
@@ -269,7 +268,7 @@ def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: st
                            f"takes at most {adapter.n_ctx}")
     path = argmax_path(adapter, distribution, precision)
     started = time.perf_counter()
-    tally = count_argmax(path.fn, distribution, shard_size, shard_generator(seed), batch_size=batch_size,
+    tally = count_argmax(path, distribution, shard_size, shard_generator(seed), batch_size=batch_size,
                          reservoir_size=reservoir_size, on_batch=on_batch)
     counts = tally.counts.numpy()
     reservoir = {t: tuple(xs) for t, xs in sorted(tally.hits.items()) if counts[t] <= reservoir_max_p * shard_size}
