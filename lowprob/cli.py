@@ -392,7 +392,7 @@ def ground_truth() -> None:
     """Count how often each token is the argmax over many sampled inputs (sharded, resumable, mergeable)."""
 
 
-def _power_of_two(value: str) -> int:
+def parse_count(value: str) -> int:
     """An integer, or ``2^k``."""
     base, caret, exponent = value.partition("^")
     try:
@@ -440,7 +440,7 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
         adapter = ModelAdapter(adapter.model.to(device), adapter.vocab, adapter.name, device=device)
     dist = compiled.spec.distribution(distribution)
     total = run_ground_truth(adapter, dist, source.name if distribution is None else distribution, output,
-                             samples=_power_of_two(samples), shard_size=_power_of_two(shard_size),
+                             samples=parse_count(samples), shard_size=parse_count(shard_size),
                              first_seed=first_seed, reservoir_size=reservoir, reservoir_max_p=reservoir_max_p,
                              batch_size=batch_size, precision=precision, progress=progress)
     _show_ground_truth(total, output)

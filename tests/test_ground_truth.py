@@ -244,3 +244,26 @@ def test_shipped_ground_truth_is_consistent(model: str, distribution: str) -> No
     registry = load_registry()
     compiled = compile_source(registry, resolve_spec(distribution, registry), model=model)
     assert gt.distribution_hash == compiled.spec.distribution(None).content_hash, "spec changed since counting"
+
+
+def test_grow_script_extends_every_file_with_its_own_shard_size(tmp_path: Path) -> None:
+    """scripts/grow_ground_truth.py grows files in place to what one direct run of that size counts."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("grow_ground_truth", ROOT / "scripts" / "grow_ground_truth.py")
+    assert loader is not None and loader.loader is not None
+    script = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(script)
+    root = tmp_path / "root"
+    run = ["ground-truth", "run", "hex", "--model", "lowprob-1l", "--shard-size", "1024", "--no-progress"]
+    for name, samples in (("hex", "1024"), ("direct", "3072")):
+        path = (root if name == "hex" else tmp_path) / "lowprob-1l" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert CliRunner().invoke(main, [*run, "--samples", samples, "--output", str(path)]).exit_code == 0
+    assert script.main(["--samples", "3000", "--root", str(root)]) == 0  # rounded up to whole shards
+    grown = GroundTruth.load(root / "lowprob-1l" / "hex.json")
+    direct = GroundTruth.load(tmp_path / "lowprob-1l" / "direct.json")
+    assert grown.samples == 3072 and grown.seeds == direct.seeds and np.array_equal(grown.counts, direct.counts)
+    assert script.main(["--samples", "2^11", "--root", str(root)]) == 0  # already there: nothing to do
+    assert GroundTruth.load(root / "lowprob-1l" / "hex.json").samples == 3072
+
