@@ -23,7 +23,8 @@ import torch
 from lowprob.api import compile_source, resolve_spec
 from lowprob.core.certified_argmax import CertifiedUnembedding
 from lowprob.core.distribution import Categorical, InputDistribution
-from lowprob.core.fast_forward import FastForward
+from lowprob.core.fast_forward import FastForward, FirstLayerTable
+from lowprob.ground_truth import ArgmaxPath
 from lowprob.plugins import load_registry
 
 TIE_MARGIN = 1e-5
@@ -46,6 +47,12 @@ def _rate(fn: Callable[[torch.Tensor], torch.Tensor], batches: list[torch.Tensor
     return sum(b.shape[0] for b in batches) / seconds, torch.cat(out).cpu()
 
 
+def _certified(fast: FastForward, table: FirstLayerTable, precision: str) -> ArgmaxPath:
+    """fast+tables with the unembedding in ``precision``, certified; it counts its float32 rechecks."""
+    unembed = CertifiedUnembedding(fast.W_U, fast.b_U, precision)
+    return ArgmaxPath("fast+tables", precision, lambda t: unembed.argmax(fast.last_normed(t, table)))
+
+
 def compare(name: str, model: object, dist: InputDistribution, samples: int, batch: int, device: str,
             precisions: list[str]) -> None:
     """Print plain vs fast vs fast-with-tables (vs certified low-precision unembeddings) throughput for one model
@@ -64,17 +71,8 @@ def compare(name: str, model: object, dist: InputDistribution, samples: int, bat
     paths: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
         ("fast", lambda t: fast.last_logits(t).argmax(-1)),
         ("fast+tables", lambda t: fast.last_logits(t, table).argmax(-1))]
-    rechecked: dict[str, list[int]] = {}
-    for precision in precisions:
-        unembed, counter = CertifiedUnembedding(fast.W_U, fast.b_U, precision), rechecked.setdefault(precision, [])
-
-        def certified(t: torch.Tensor, unembed: CertifiedUnembedding = unembed, counter: list[int] = counter
-                      ) -> torch.Tensor:
-            result = unembed.argmax(fast.last_normed(t, table))
-            counter.append(result.rechecked)
-            return result.argmax
-
-        paths.append((f"+{precision}", certified))
+    certified = {p: _certified(fast, table, p) for p in precisions}
+    paths += [(f"+{p}", path) for p, path in certified.items()]
     print(f"{name:<28} plain {plain_rate:>9.0f} seq/s", end="")
     for label, fn in paths:
         rate, argmax = _rate(fn, batches, device)
@@ -83,8 +81,8 @@ def compare(name: str, model: object, dist: InputDistribution, samples: int, bat
         agree = "" if not differ.any() else f", {ties} float32 ties" if ties == int(differ.sum()) else \
             f", ARGMAX DIFFERS on {int(differ.sum()) - ties}"
         extra = ""
-        if label.startswith("+"):
-            share = sum(rechecked[label[1:]][1:]) / (len(batches) * batch)  # the warm-up batch is not timed
+        if label.startswith("+"):  # the untimed warm-up batch counts too
+            share = certified[label[1:]].rechecked / ((len(batches) + 1) * batch)
             extra = f", {100 * share:.0f}% rechecked"
         print(f" | {label} {rate:>9.0f} seq/s ({rate / plain_rate:4.1f}x{extra}{agree})",
               end="")

@@ -2,27 +2,28 @@
 
 The unembedding ``a @ W_U + b_U`` dominates a one-layer model's last-position forward (and the paper's gelu-1l:
 48 262 logits per sequence). In bfloat16, float16 or TF32 it runs several times faster on a GPU, but its argmax
-is not always the float32 one (measured on lowprob-1l/hex: 99 of 4096 bfloat16 argmaxes differ). This module
-computes the cheap logits ``L̂`` together with a rigorous per-logit bound ``ε_j ≥ |L̂_j − L_j|`` on their
-distance from the float32 reference ``L``, and accepts the cheap argmax ``t`` of a row only when
+is not always the float32 one (measured on lowprob-1l/hex: 184 of 8192 bfloat16 argmaxes differ). This module
+computes the cheap logits ``L̂ = [a, 1] @ [W_U; b_U]`` (bias folded into the GEMM) together with a rigorous
+per-logit bound ``ε_j ≥ |L̂_j − L_j|`` on their distance from the float32 reference ``L``, and accepts the cheap
+argmax ``t`` of a row only when
 
     L̂_t − ε_t  >  max_{j ≠ t} (L̂_j + ε_j),
 
 which implies ``L_t > L_j`` for every ``j ≠ t``. Every other row is recomputed in float32. The bound follows
 the standard floating-point analysis (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1) with
 unit roundoff ``u`` of the operand format, ``γ_n = n·u₃₂ / (1 − n·u₃₂)`` for float32 accumulation over ``n``
-terms, ``N_j = ‖a‖₂‖w_j‖₂ ≥ Σ_i |a_i w_ij|`` (Cauchy–Schwarz) and ``η`` the operand format's underflow
-(absolute) error:
+terms, ``N_j = ‖[a, 1]‖₂‖[w_j, b_j]‖₂ ≥ Σ_i |a_i w_ij| + |b_j|`` (Cauchy–Schwarz) and ``η`` the operand
+format's underflow (absolute) error:
 
-    ε_j = (2u + u² + 2γ_{d+2})·N_j + γ_{d+2}·|b_j| + η·(‖a‖₁ + ‖w_j‖₁) + d·η²      (operands, both products)
-          + u_out/(1 − u_out)·|P̂_j| + η_out                                      (cheap GEMM output rounding)
-          + u₃₂·(2|L̂_j| + ε⁰_j)                                                 (both bias additions)
+    ε⁰_j = (2u + u² + 2γ_{d+2})·N_j + η·(‖[a, 1]‖₁ + ‖[w_j, b_j]‖₁) + (d+1)·η² + η_out
+    ε_j  = 1.01·(1 + u₃₂)·ε⁰_j + 1.01·(u_out/(1 − u_out) + u₃₂)·|L̂_j|
 
-inflated by 1 % for the rounding of the bound's own arithmetic. The analysis assumes float32 accumulation
-inside the cheap GEMM: true of CPU kernels; on CUDA the reduced-precision-reduction switches are turned off
-while it runs, and the float32 recheck runs with TF32 off. Exact float32 ties (a margin below float32's own
-rounding, where two float32 implementations may already disagree) are the one case the proof leaves to the
-recomputation's GEMM.
+covering both products' operand rounding and float32 accumulation, the cheap GEMM's output rounding
+(``u_out``, ``η_out``; none for TF32) and the reference's bias addition, inflated by 1 % for the rounding of
+the bound's own arithmetic. The analysis assumes float32 accumulation inside the cheap GEMM: true of CPU
+kernels; on CUDA the reduced-precision-reduction switches are turned off while it runs, and the float32
+recheck runs with TF32 off. Exact float32 ties (a margin below float32's own rounding, where two float32
+implementations may already disagree) are the one case the proof leaves to the recomputation's GEMM.
 """
 
 from __future__ import annotations

@@ -158,18 +158,12 @@ class GroundTruth:
         return cls.from_json(data, str(path))
 
 
-SUMMED_METADATA = ("seconds", "rechecked")
-"""Metadata that adds up across merged shards; ``precision`` lists every precision the shards were counted in."""
-
-
 def _summed_metadata(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {key: round(float(a.get(key, 0)) + float(b.get(key, 0)), 1)
-                              for key in SUMMED_METADATA if key in a or key in b}
-    if "rechecked" in merged:
-        merged["rechecked"] = int(merged["rechecked"])
+    """Metadata that adds up across merged shards; ``precision`` lists every precision they were counted in."""
     precisions = {p for m in (a, b) for p in str(m.get("precision", "fp32")).split("+")}
-    merged["precision"] = "+".join(sorted(precisions))
-    return merged
+    return {"seconds": round(float(a.get("seconds", 0)) + float(b.get("seconds", 0)), 1),
+            "rechecked": int(a.get("rechecked", 0)) + int(b.get("rechecked", 0)),
+            "precision": "+".join(sorted(precisions))}
 
 
 def compress_seeds(seeds: Iterable[int]) -> list[list[int]]:
