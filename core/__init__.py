@@ -20,7 +20,7 @@ from lowprob.core.meter import Cost, MeteredModel
 from lowprob.core.model import ModelAdapter
 from lowprob.core.runner import run_estimator
 from lowprob.core.target import ArgmaxIn, ArgmaxIs, Target
-from lowprob.core.tokenset import ResolverArg, TokenSet, TokenSetResolver
+from lowprob.core.token_set import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import ListVocabulary, Vocabulary
 
 __all__ = [

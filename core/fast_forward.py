@@ -46,7 +46,7 @@ class LayerNorm:
 
 
 @dataclass(frozen=True)
-class Block:
+class LayerWeights:
     """One transformer block's weights, heads flattened: ``W_QKV [d, 3·H·dh]``, ``W_O [H·dh, d]``."""
 
     ln1: LayerNorm
@@ -71,7 +71,7 @@ def _layer_norm(module: Any) -> LayerNorm | None:
 class FastForward:
     """Last-position logits of a standard pre-LN transformer, computed exactly and cheaply."""
 
-    def __init__(self, W_E: torch.Tensor, W_pos: torch.Tensor, blocks: list[Block],  # noqa: N803
+    def __init__(self, W_E: torch.Tensor, W_pos: torch.Tensor, blocks: list[LayerWeights],  # noqa: N803
                  ln_final: LayerNorm, W_U: torch.Tensor, b_U: torch.Tensor, n_heads: int,  # noqa: N803
                  d_head: int, attn_scale: float, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.W_E, self.W_pos, self.blocks, self.ln_final = W_E, W_pos, blocks, ln_final
@@ -112,7 +112,7 @@ class FastForward:
 
             w_qkv = torch.cat([heads_in(model.W_Q[i]), heads_in(model.W_K[i]), heads_in(model.W_V[i])], dim=1)
             b_qkv = torch.cat([model.b_Q[i].reshape(-1), model.b_K[i].reshape(-1), model.b_V[i].reshape(-1)])
-            blocks.append(Block(ln1, w_qkv.detach().contiguous(), b_qkv.detach(),
+            blocks.append(LayerWeights(ln1, w_qkv.detach().contiguous(), b_qkv.detach(),
                                 model.W_O[i].reshape(n_heads * d_head, -1).detach().contiguous(),
                                 model.b_O[i].detach(), ln2, model.W_in[i].detach(), model.b_in[i].detach(),
                                 model.W_out[i].detach(), model.b_out[i].detach()))
@@ -135,7 +135,7 @@ class FastForward:
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.n_heads, self.d_head)
 
-    def _full_block(self, block: Block, x: torch.Tensor, qkv: torch.Tensor | None = None) -> torch.Tensor:
+    def _full_block(self, block: LayerWeights, x: torch.Tensor, qkv: torch.Tensor | None = None) -> torch.Tensor:
         batch, n, _ = x.shape
         qkv = block.ln1(x) @ block.W_QKV + block.b_QKV if qkv is None else qkv
         q, k, v = (self._split_heads(t).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
@@ -143,7 +143,7 @@ class FastForward:
         x = x + z.transpose(1, 2).reshape(batch, n, -1) @ block.W_O + block.b_O
         return x + self.act(block.ln2(x) @ block.W_in + block.b_in) @ block.W_out + block.b_out
 
-    def _last_block(self, block: Block, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+    def _last_block(self, block: LayerWeights, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
         """The last layer at the last position only; ``x`` is the residual ``[B, n, d]`` (or ``[B, 1, d]``
         when ``kv``, the keys and values at every position, come precomputed)."""
         hd = self.n_heads * self.d_head

@@ -13,13 +13,13 @@ import torch
 from lowprob.core.distribution import Block, Categorical, InputDistribution
 from lowprob.core.errors import LowprobError
 from lowprob.core.target import ArgmaxIn, ArgmaxIs, Target
-from lowprob.core.tokenset import TokenSet, TokenSetResolver
+from lowprob.core.token_set import TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.dsl import syntax as s
 from lowprob.dsl.errors import DslError, SourceText
 from lowprob.dsl.formatter import format_branch, format_set, format_spec, format_string
 from lowprob.dsl.parser import parse
-from lowprob.dsl.tokensets import TokenSetEvaluator
+from lowprob.dsl.set_evaluation import TokenSetEvaluator
 
 LENGTH_CAP = 100_000
 """Longest dist compiled when no ``max_length`` is given (guards against ``x * 1000000000``)."""

@@ -19,7 +19,7 @@ from lowprob.core.meter import MeteredModel
 from lowprob.core.target import ArgmaxIs
 from lowprob.ground_truth import GroundTruth
 from lowprob.plugins import Registry
-from lowprob.plugins.builtin.tsmc import TwistedSMC, log_z_bounds
+from lowprob.plugins.builtin.tsmc_estimators import TwistedSMC, log_z_bounds
 
 
 @dataclass(frozen=True)

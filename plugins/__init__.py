@@ -6,7 +6,7 @@ through the ``lowprob`` entry-point group; :func:`load_registry` gathers everyth
 :class:`Registry`.
 """
 
-from lowprob.plugins.extrapolation import ExtrapolationFit, FitResult
+from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl, hookspec
 from lowprob.plugins.manager import PluginInfo, load_registry, plugin_infos
 from lowprob.plugins.registry import Entry, Kind, PluginError, Registrar, Registry

@@ -18,8 +18,8 @@ from typing import Any
 from lowprob.core.errors import LowprobError, UnknownNameError
 from lowprob.core.estimator import Capabilities, Estimator
 from lowprob.core.model import ModelAdapter
-from lowprob.core.tokenset import TokenSetResolver
-from lowprob.plugins.extrapolation import ExtrapolationFit
+from lowprob.core.token_set import TokenSetResolver
+from lowprob.plugins.fits import ExtrapolationFit
 
 ModelLoader = Callable[[], ModelAdapter]
 """A lazy model loader: called only when the model is first requested from a :class:`Registry`."""

@@ -4,14 +4,14 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.naive",
     "lowprob.plugins.builtin.itgis",
     "lowprob.plugins.builtin.mhis",
-    "lowprob.plugins.builtin.tsmc",
-    "lowprob.plugins.builtin.extrapolation",
+    "lowprob.plugins.builtin.tsmc_estimators",
+    "lowprob.plugins.builtin.activation_extrapolation",
     "lowprob.plugins.builtin.qld",
     "lowprob.plugins.builtin.gld",
     "lowprob.plugins.builtin.constant",
     "lowprob.plugins.builtin.models",
     "lowprob.plugins.builtin.loaders",
-    "lowprob.plugins.builtin.token_sets",
+    "lowprob.plugins.builtin.resolvers",
     "lowprob.plugins.builtin.distributions",
 )
 """Built-in plugin modules; each is registered as ``lowprob.<last part>`` (e.g.

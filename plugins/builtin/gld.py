@@ -10,8 +10,8 @@ from scipy import special
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Capabilities
-from lowprob.plugins.builtin.extrapolation import ExtrapolationEstimator
-from lowprob.plugins.extrapolation import ExtrapolationFit, FitResult
+from lowprob.plugins.builtin.activation_extrapolation import ExtrapolationEstimator
+from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
 

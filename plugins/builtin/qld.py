@@ -20,8 +20,8 @@ from scipy import optimize
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Capabilities, Problem
-from lowprob.plugins.builtin.extrapolation import ExtrapolationEstimator, ExtrapolationOptions
-from lowprob.plugins.extrapolation import ExtrapolationFit, FitResult
+from lowprob.plugins.builtin.activation_extrapolation import ExtrapolationEstimator, ExtrapolationOptions
+from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
 

@@ -1,6 +1,6 @@
 """Twists for twisted SMC over the input distribution: functions ψ_j(x_{≤p_j}) ≈ Pr(hit | prefix), suffix ~ D.
 
-Twisted SMC (:mod:`lowprob.plugins.builtin.twisted_smc`) builds x one non-constant position at a time. At step j a
+Twisted SMC (:mod:`lowprob.plugins.builtin.input_smc`) builds x one non-constant position at a time. At step j a
 twist gives, for every particle's prefix x_{<p_j}, the table ``log ψ_j(x_{<p_j}, v)`` over the support of D at
 position p_j; the proposal is ``q_j(v) ∝ D_j(v)·ψ_j(x_{<p_j}, v)``. Two twists live here:
 

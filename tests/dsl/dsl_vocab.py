@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lowprob.core.tokenset import ResolverArg, TokenSet
+from lowprob.core.token_set import ResolverArg, TokenSet
 from lowprob.core.vocabulary import ListVocabulary, Vocabulary
 
 # fmt: off

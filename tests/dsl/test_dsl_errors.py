@@ -522,7 +522,7 @@ def test_choosing_a_missing_target() -> None:
 def test_resolver_returning_bad_weights_is_located() -> None:
     import torch
 
-    from lowprob.core.tokenset import TokenSet
+    from lowprob.core.token_set import TokenSet
 
     def nan_weights(vocab, *args):
         return TokenSet(torch.tensor([2, 3]), torch.tensor([1.0, float("nan")], dtype=torch.float64))

@@ -15,10 +15,10 @@ from lowprob.core.estimator import Problem
 from lowprob.core.runner import run_estimator
 from lowprob.plugins import Registrar, Registry, hookimpl, load_registry
 from lowprob.plugins.builtin.constant import itakura_saito_loss, optimal_constant
-from lowprob.plugins.builtin.extrapolation import ActivationExtrapolation
+from lowprob.plugins.builtin.activation_extrapolation import ActivationExtrapolation
 from lowprob.plugins.builtin.gld import GLD
 from lowprob.plugins.builtin.qld import QLD
-from lowprob.plugins.extrapolation import FitResult
+from lowprob.plugins.fits import FitResult
 from lowprob.plugins.testing import check_sane
 
 DEMO = str(Path(__file__).resolve().parents[2] / "examples" / "specs" / "demo.lp")

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from lowprob.core.tokenset import TokenSet
+from lowprob.core.token_set import TokenSet
 from lowprob.plugins import PluginError, load_registry, plugin_infos
 from lowprob.plugins import manager as manager_module
 from lowprob.plugins.builtin import BUILTIN_MODULES

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lowprob.core.errors import UnknownNameError
-from lowprob.core.tokenset import TokenSet
+from lowprob.core.token_set import TokenSet
 from lowprob.plugins import Kind, PluginError, load_registry
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo
-from lowprob.plugins.extrapolation import FitResult
+from lowprob.plugins.fits import FitResult
 
 
 def _load(*plugins: object):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from functools import cached_property
 import torch
 
 from lowprob.core.errors import LowprobError
-from lowprob.core.tokenset import ResolverArg, TokenSet, TokenSetResolver
+from lowprob.core.token_set import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary, token_strings
 from lowprob.dsl import syntax as s
 from lowprob.dsl.errors import SourceText

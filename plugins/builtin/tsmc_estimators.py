@@ -32,7 +32,7 @@ from lowprob.core.meter import Cost, MeteredModel
 from lowprob.core.random import Enumerator
 from lowprob.core.smc import LogBound, LogZBracket, Resampling, combine_replicates
 from lowprob.core.stats import clopper_pearson
-from lowprob.plugins.builtin.twisted_smc import (
+from lowprob.plugins.builtin.input_smc import (
     bidirectional_bounds,
     replicate_calls,
     run_replicates,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lowprob.core.tokenset import ResolverArg, TokenSet
+from lowprob.core.token_set import ResolverArg, TokenSet
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.plugins.builtin.frequency import (
     BUILTIN_TABLES,

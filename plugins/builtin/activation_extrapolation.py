@@ -28,7 +28,7 @@ from lowprob.core.estimator import (
     StepInfo,
 )
 from lowprob.core.random import integers
-from lowprob.plugins.extrapolation import ExtrapolationFit, FitResult
+from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.manager import load_registry
 from lowprob.plugins.registry import Registrar, Registry
