@@ -14,8 +14,8 @@ from lowprob.core.errors import LowprobError, UnknownNameError
 from lowprob.core.estimator import Problem
 from lowprob.core.runner import run_estimator
 from lowprob.plugins import Registrar, Registry, hookimpl, load_registry
-from lowprob.plugins.builtin.constant import itakura_saito_loss, optimal_constant
 from lowprob.plugins.builtin.activation_extrapolation import ActivationExtrapolation
+from lowprob.plugins.builtin.constant import itakura_saito_loss, optimal_constant
 from lowprob.plugins.builtin.gld import GLD
 from lowprob.plugins.builtin.qld import QLD
 from lowprob.plugins.fits import FitResult

@@ -21,13 +21,13 @@ from lowprob.core.estimator import Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.random import expectation
 from lowprob.core.target import ArgmaxIs
-from lowprob.plugins.builtin.tsmc_estimators import TwistedSMC, TwistedSMCCTL, log_z_bounds, plan_replicates
 from lowprob.plugins.builtin.input_smc import (
     bidirectional_bounds,
     replicate_calls,
     run_twisted_smc,
     train_twist,
 )
+from lowprob.plugins.builtin.tsmc_estimators import TwistedSMC, TwistedSMCCTL, log_z_bounds, plan_replicates
 from lowprob.plugins.builtin.twists import GradientTwist, HeadTwist, Layout, MarginFit, TwistState, margin
 from lowprob.plugins.testing import (
     ToyProblem,
