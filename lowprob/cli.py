@@ -550,13 +550,13 @@ def freq_table(textfiles: tuple[Path, ...], tokenizer_path: Path, output: Path, 
     Example:
       lowprob freq-table --tokenizer tokenizer.json --output freq-c4.json c4/*.txt
     """
-    from lowprob.plugins.builtin.frequency import (
+    from lowprob.plugins.frequency_tables import (
         FrequencyTable,
         build_frequency_table,
         save_table,
         vocabulary_fingerprint,
     )
-    from lowprob.plugins.builtin.hf_vocab import TokenizerVocabulary
+    from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
     try:
         vocab = TokenizerVocabulary.from_file(tokenizer_path, {"BOS": bos, "EOS": eos})

@@ -17,7 +17,8 @@ import random
 from collections import Counter
 
 from lowprob.core.vocabulary import Vocabulary
-from lowprob.plugins.builtin.hf_vocab import TokenizerVocabulary, builtin_vocabulary
+from lowprob.plugins.builtin.hf_vocab import builtin_vocabulary
+from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
 HEX_DIGITS = "0123456789abcdef"
 STRINGS, LENGTH, SEED = 64, 16384, 0

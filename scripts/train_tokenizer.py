@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from lowprob.plugins.builtin.frequency import FrequencyTable, build_frequency_table, save_table, vocabulary_fingerprint
-from lowprob.plugins.builtin.hf_vocab import BUILTIN_SPECIALS, TokenizerVocabulary
+from lowprob.plugins.builtin.hf_vocab import BUILTIN_SPECIALS
+from lowprob.plugins.frequency_tables import FrequencyTable, build_frequency_table, save_table, vocabulary_fingerprint
+from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
 VOCAB_SIZE = 8192
 SLICES = ("code", "english", "spanish")

@@ -23,9 +23,9 @@ import torch
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.model import ModelAdapter
-from lowprob.plugins.builtin.hf_vocab import TokenizerVocabulary
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import ModelLoader, Registrar
+from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
 GELU_TOKENIZER_REPO = "NeelNanda/gpt-neox-tokenizer-digits"
 WEIGHTS_FILE = "model_final.pth"

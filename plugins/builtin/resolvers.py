@@ -21,13 +21,8 @@ import torch
 
 from lowprob.core.token_set import ResolverArg, TokenSet
 from lowprob.core.vocabulary import Vocabulary
-from lowprob.plugins.builtin.frequency import (
-    BUILTIN_TABLES,
-    FrequencyTable,
-    builtin_table_path,
-    load_table,
-    vocabulary_fingerprint,
-)
+from lowprob.plugins.builtin.frequency import BUILTIN_TABLES, builtin_table_path
+from lowprob.plugins.frequency_tables import FrequencyTable, load_table, vocabulary_fingerprint
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
 

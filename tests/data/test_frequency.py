@@ -12,17 +12,16 @@ from click.testing import CliRunner
 from lowprob.cli import main
 from lowprob.core.vocabulary import ListVocabulary
 from lowprob.plugins import load_registry
-from lowprob.plugins.builtin.frequency import (
-    BUILTIN_TABLES,
+from lowprob.plugins.builtin.frequency import BUILTIN_TABLES, builtin_table_path
+from lowprob.plugins.builtin.hf_vocab import builtin_tokenizer_path, builtin_vocabulary
+from lowprob.plugins.builtin.tokenizers import default_vocabulary
+from lowprob.plugins.frequency_tables import (
     FrequencyTable,
     build_frequency_table,
-    builtin_table_path,
     load_table,
     save_table,
     vocabulary_fingerprint,
 )
-from lowprob.plugins.builtin.hf_vocab import builtin_tokenizer_path, builtin_vocabulary
-from lowprob.plugins.builtin.tokenizers import default_vocabulary
 
 TINY = ListVocabulary(["<s>", "</s>", "a", "b", "ab", " "], special={"BOS": 0, "EOS": 1})
 FREQ = load_registry(entry_points=False).token_set_resolvers()["freq"]

@@ -11,8 +11,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from lowprob.core.vocabulary import Vocabulary
-from lowprob.plugins.builtin.frequency import BUILTIN_TABLES, builtin_table_path, load_table
-from lowprob.plugins.builtin.hf_vocab import TokenizerVocabulary, builtin_tokenizer_path, builtin_vocabulary
+from lowprob.plugins.builtin.frequency import BUILTIN_TABLES, builtin_table_path
+from lowprob.plugins.builtin.hf_vocab import builtin_tokenizer_path, builtin_vocabulary
+from lowprob.plugins.frequency_tables import load_table
+from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
 VOCAB = builtin_vocabulary()
 SAMPLES = [
