@@ -14,9 +14,13 @@ class ConfidenceInterval(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     low: float
+    """Lower end, a probability in [0, 1]."""
     high: float
+    """Upper end; for a zero estimate, the upper bound to report."""
     level: float
+    """Confidence level, e.g. 0.95."""
     method: str
+    """How it was computed, a label such as ``clopper-pearson`` (the estimator's page says which it uses)."""
 
 
 class TracePoint(BaseModel):

@@ -87,11 +87,17 @@ class EstimatorOutput:
     """What ``result`` returns; the runner adds cost, trace and provenance to make an :class:`Estimate`."""
 
     value: float
+    """The point estimate of the target probability."""
     std_error: float | None
+    """Its standard error, or ``None`` for an estimator without error bars."""
     ci: ConfidenceInterval | None
+    """The interval at the ``level`` ``result`` was given, or ``None`` without error bars."""
     hits: int
+    """Samples that hit the target (or the estimator's nearest analogue, e.g. final-stage hits)."""
     samples: int
+    """Inputs drawn (or model evaluations made) to get ``value``."""
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    """Estimator-specific, JSON-serialisable numbers (effective sample size, acceptance rate, ...)."""
 
 
 S = TypeVar("S")
