@@ -118,7 +118,23 @@ class ToyProblem:
 def toy_problem(seed: int = 0, d_vocab: int = 6, length: int = 3, band: tuple[float, float] = (0.005, 0.3),
                 model: ModelAdapter | None = None) -> ToyProblem:
     """A random toy problem: random per-position weights, and the target whose exact probability is the
-    smallest one inside ``band`` (so it is rare but estimable); raises if no token falls in the band."""
+    smallest one inside ``band`` (so it is rare but estimable).
+
+    Valid settings: ``length >= 1`` positions, each over all ``d_vocab`` tokens, so the exact answer runs all
+    ``d_vocab ** length`` sequences through the model: at most 1,000,000 (the enumeration limit; 6 tokens × 7
+    positions works, × 8 does not), and a few hundred keep exact-mode checks fast. ``model`` defaults to a
+    :func:`tiny_model` with context ``max(8, length)``; one you pass must have ``d_vocab`` tokens and a context
+    of at least ``length`` (e.g. ``lookup_model(positions=length, d_vocab=d_vocab)``). Whether a token's exact
+    probability falls inside ``band`` depends on ``seed``: with 2 or 3 tokens one token is often the argmax
+    almost everywhere.
+
+    Raises ``ValueError`` when no token's probability lies in ``band`` (the message lists them: try another
+    ``seed`` or a wider band) or ``model`` has another vocabulary size, and ``LowprobError`` when the model's
+    context or the enumeration limit cannot take ``length``.
+    """
+    if model is not None and model.d_vocab != d_vocab:
+        raise ValueError(f"toy problem {seed}: d_vocab={d_vocab} but the model {model.name!r} has {model.d_vocab} "
+                         f"tokens; pass d_vocab={model.d_vocab}")
     gen = torch.Generator().manual_seed(seed)
     model = model or tiny_model(d_vocab=d_vocab, n_ctx=max(8, length), seed=seed)
     positions = [
