@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "estimate": "lowprob.api",
+    "load_model": "lowprob.api",
+    "ModelAdapter": "lowprob.core",
     "Budget": "lowprob.core",
     "Capabilities": "lowprob.core",
     "Estimate": "lowprob.core",
@@ -43,18 +45,20 @@ __all__ = [
     "EstimatorOptions",
     "EstimatorOutput",
     "LowprobError",
+    "ModelAdapter",
     "Problem",
     "StepContext",
     "StepInfo",
     "__version__",
     "estimate",
     "hookimpl",
+    "load_model",
     "load_registry",
     "run_estimator",
 ]
 
 if TYPE_CHECKING:
-    from lowprob.api import estimate
+    from lowprob.api import estimate, load_model
     from lowprob.core import (
         Budget,
         Capabilities,
@@ -63,6 +67,7 @@ if TYPE_CHECKING:
         EstimatorOptions,
         EstimatorOutput,
         LowprobError,
+        ModelAdapter,
         Problem,
         StepContext,
         StepInfo,

@@ -11,15 +11,48 @@ from lowprob import __version__
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError, UnknownNameError
 from lowprob.core.estimate import Estimate
-from lowprob.core.estimator import Problem
+from lowprob.core.estimator import Estimator, EstimatorOptions, Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
 from lowprob.core.runner import run_estimator
 from lowprob.dsl import CompiledSpec, load_spec
 from lowprob.plugins import Registry, load_registry
+from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
 CLI_TARGET = "__target"
 """Name given to a target written as an expression (``argmax == "x"``) outside the spec."""
+
+ModelLike = str | ModelAdapter | Any
+"""A model as :func:`estimate` takes it: a registered name, a :class:`ModelAdapter`, or a TransformerLens
+``TransformerBridge`` that carries its tokenizer (``bridge.tokenizer``)."""
+
+
+def load_model(name: str | None = None, *, registry: Registry | None = None) -> ModelAdapter:
+    """The registered model ``name`` (default: the registry's default model), loaded, as a :class:`ModelAdapter`."""
+    registry = registry or load_registry()
+    return registry.model(name or registry.default_model_name)
+
+
+def as_model(model: ModelLike | None, registry: Registry) -> ModelAdapter:
+    """``model`` as a :class:`ModelAdapter`: looked up by name in ``registry`` (``None``: its default), used as
+    is, or wrapped from a ``TransformerBridge`` with the vocabulary of its tokenizer."""
+    if model is None or isinstance(model, str):
+        return registry.model(model or registry.default_model_name)
+    if isinstance(model, ModelAdapter):
+        return model
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "d_vocab"):
+        raise LowprobError(f"model= takes a registered model name, a ModelAdapter or a TransformerLens "
+                           f"TransformerBridge, not {type(model).__name__}")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise LowprobError("the TransformerBridge has no tokenizer: boot it with tokenizer=..., or pass "
+                           "lowprob.core.ModelAdapter(bridge, vocab, name) with a lowprob Vocabulary")
+    try:
+        vocab = TokenizerVocabulary.from_transformers(tokenizer, int(cfg.d_vocab))
+    except TypeError as exc:
+        raise LowprobError(f"the TransformerBridge's tokenizer cannot be used: {exc}") from None
+    return ModelAdapter(model, vocab, str(getattr(cfg, "model_name", None) or type(model).__name__))
 
 
 @dataclass(frozen=True)
@@ -60,14 +93,15 @@ class CompiledSource:
         return Problem(MeteredModel(self.model), self.spec.distribution(distribution), self.spec.target(name))
 
 
-def compile_source(registry: Registry, spec: SpecSource, *, model: str | None = None,
+def compile_source(registry: Registry, spec: SpecSource, *, model: ModelLike | None = None,
                    targets: Sequence[str] = ()) -> CompiledSource:
-    """Load the model and compile the spec against its vocabulary, resolvers and context length.
+    """Load the model (see :func:`as_model`) and compile the spec against its vocabulary, resolvers and context
+    length.
 
     Each of ``targets`` is a target name in the spec or an expression such as ``argmax == " the"``;
     expressions are compiled with the spec so they can use its token sets.
     """
-    adapter = registry.model(model or registry.default_model_name)
+    adapter = as_model(model, registry)
     text, names = spec.text.rstrip() + "\n", {}
     for i, target in enumerate(targets):
         if target.lstrip().startswith("argmax"):
@@ -78,10 +112,14 @@ def compile_source(registry: Registry, spec: SpecSource, *, model: str | None = 
     return CompiledSource(adapter, compiled, names)
 
 
-def compile_problem(registry: Registry, spec: SpecSource, *, model: str | None = None,
+def compile_problem(registry: Registry, spec: SpecSource, *, model: ModelLike | None = None,
                     distribution: str | None = None, target: str | None = None) -> Problem:
     """One problem: a model, the spec's distribution and a target (a spec name or an expression)."""
     compiled = compile_source(registry, spec, model=model, targets=[target] if target else [])
+    if target is None and not compiled.spec.targets:
+        raise LowprobError(f"{spec.origin}: the spec defines no target; give one as an expression, e.g. "
+                           "--target 'argmax == \"...\"' (in Python: target='argmax == \"...\"'), or add a "
+                           "`target` line to the spec")
     return compiled.problem(distribution, target)
 
 
@@ -95,28 +133,38 @@ def as_budget(budget: Budget | Mapping[str, Any] | int) -> Budget:
 
 
 def estimate(spec: str, *, target: str | None = None, distribution: str | None = None,
-             model: str | None = None, estimator: str = "naive", options: Mapping[str, Any] | None = None,
+             model: ModelLike | None = None, estimator: str = "naive", options: Mapping[str, Any] | None = None,
              budget: Budget | Mapping[str, Any] | int = 100_000, seed: int = 0, level: float = 0.95,
              progress: bool | None = None, registry: Registry | None = None) -> Estimate:
     """Estimate ``Pr_{x~D}[M(x) hits target]`` once.
 
-    ``spec`` is a spec file, a registered distribution name or DSL text; ``model`` defaults to the
-    registry's default model. Example::
+    ``spec`` is a spec file, a registered distribution name or DSL text; ``model`` is a registered name (default:
+    the registry's default model), a :class:`ModelAdapter` or a ``TransformerBridge`` with its tokenizer. The
+    estimator's options and the budget are checked before the model loads. Example::
 
         lowprob.estimate("caps", target='argmax == "CESS"', budget=100_000, seed=1)
     """
     registry = registry or load_registry()
     source = resolve_spec(spec, registry)
+    chosen, checked = registry.create_estimator(estimator, options), as_budget(budget)
     problem = compile_problem(registry, source, model=model, distribution=distribution, target=target)
-    return run_problem(registry, problem, estimator, options, as_budget(budget), seed, level=level,
-                       progress=progress)
+    return run_problem(registry, problem, chosen, None, checked, seed, level=level, progress=progress)
 
 
-def run_problem(registry: Registry, problem: Problem, estimator: str, options: Mapping[str, Any] | None,
-                budget: Budget, seed: int, *, level: float = 0.95, progress: bool | None = None) -> Estimate:
-    """Run a registered estimator by name on a compiled problem, recording which plugin provided it."""
-    cls = registry.estimator(estimator)
-    entry = registry.entry("estimators", estimator)
+def run_problem(registry: Registry, problem: Problem, estimator: str | Estimator[Any],
+                options: EstimatorOptions | Mapping[str, Any] | None, budget: Budget, seed: int, *,
+                level: float = 0.95, progress: bool | None = None) -> Estimate:
+    """Run a registered estimator on a compiled problem, recording which plugin provided it.
+
+    ``estimator`` is a registered name (created with ``options``) or an instance from
+    :meth:`Registry.create_estimator` (then ``options`` must be ``None``).
+    """
+    if isinstance(estimator, Estimator):
+        if options is not None:
+            raise LowprobError(f"options go to create_estimator, not with the created estimator {estimator.name!r}")
+        chosen = estimator
+    else:
+        chosen = registry.create_estimator(estimator, options)
+    entry = registry.entry("estimators", chosen.name)
     provenance = {"plugin": entry.plugin, "plugin_version": entry.version, "lowprob_version": __version__}
-    return run_estimator(cls(options), problem, budget, seed, level=level, progress=progress,
-                         provenance=provenance)
+    return run_estimator(chosen, problem, budget, seed, level=level, progress=progress, provenance=provenance)

@@ -18,8 +18,7 @@ from lowprob.core.estimator import Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.target import ArgmaxIs
 from lowprob.ground_truth import GroundTruth
-from lowprob.plugins import Registry
-from lowprob.plugins.builtin.tsmc_estimators import TwistedSMC, log_z_bounds
+from lowprob.plugins import LogZBracketing, Registry
 
 
 @dataclass(frozen=True)
@@ -49,21 +48,24 @@ class BracketRow:
 
 def bracket_targets(registry: Registry, gt: GroundTruth, estimator: str, tokens: list[int], *, runs: int = 8,
                     particles: int | None = None, seed: int = 0) -> list[BracketRow]:
-    """Brackets for each of ``tokens`` (they need hitting inputs in ``gt``'s reservoir) with a ``tsmc``-type
-    estimator's default twist."""
-    cls = registry.estimator(estimator)
-    if not issubclass(cls, TwistedSMC):
-        raise LowprobError(f"log-Z brackets need a twisted-SMC estimator (tsmc, tsmc-ctl), not {estimator!r}")
+    """Brackets for each of ``tokens`` (they need hitting inputs in ``gt``'s reservoir) with a log-Z bracketing
+    estimator's default twist (``tsmc``, ``tsmc-ctl``: see :class:`~lowprob.plugins.LogZBracketing`)."""
+    if not issubclass(registry.estimator(estimator), LogZBracketing):
+        known = [e.name for e in registry.entries("estimators") if issubclass(e.obj, LogZBracketing)]
+        raise LowprobError(f"log-Z brackets need an estimator with bidirectional bounds ({', '.join(known)}), "
+                           f"not {estimator!r}")
+    bracketing = registry.create_estimator(estimator)
+    assert isinstance(bracketing, LogZBracketing)
     compiled = compile_source(registry, resolve_spec(gt.distribution, registry), model=gt.model)
     distribution = compiled.spec.distribution(None)
     rows = []
     for token in tokens:
-        hits = gt.hits(token)
+        hits = gt.hitting_inputs(token)
         if not hits:
             raise LowprobError(f"token {token} has no hitting inputs in the ground truth's reservoir")
         text = compiled.model.vocab.token_string(token)
         problem = Problem(MeteredModel(compiled.model), distribution, ArgmaxIs(token, text))
-        bracket = log_z_bounds(cls(None), problem, torch.tensor(hits), runs=runs, particles=particles, seed=seed)
+        bracket = bracketing.bounds(problem, torch.tensor(hits), runs=runs, particles=particles, seed=seed)
         p = gt.probability(token)
         rows.append(BracketRow(token, text, p, math.log(p), bracket.lower.mean, bracket.upper.mean, len(hits),
                                bracket.lower.zero_runs, bracket.lower.runs))

@@ -148,6 +148,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
       lowprob estimate my.lp --estimator uniform-is -o batch_size=512 --budget-seconds 30
     """
     registry = _registry()
+    chosen = registry.create_estimator(estimator, _parse_options(options))  # checked before the model loads
     given = budget_calls is not None or budget_seconds is not None or budget_rel_error is not None
     if paper_budget:
         if given:
@@ -161,8 +162,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
     if not as_json:
         _show_problem(problem, samples, seed)
         click.echo(f"estimator    {estimator} with budget {budget.describe()}, seed {seed}")
-    result = run_problem(registry, problem, estimator, _parse_options(options), budget, seed, level=level,
-                         progress=progress)
+    result = run_problem(registry, problem, chosen, None, budget, seed, level=level, progress=progress)
     if output is not None:
         ResultsFile(output).append({"key": f"estimate-{result.provenance.started_at}-{seed}",
                                     "model": problem.model.name, "distribution": problem.distribution.name,
@@ -356,9 +356,10 @@ def estimators(show_options: bool) -> None:
             click.echo(f"    {doc[0]}")
         if show_options:
             for field_name, field in cls.Options.model_fields.items():
-                default = field.get_default(call_default_factory=True)
                 ann = getattr(field.annotation, "__name__", str(field.annotation))
-                click.echo(f"    --option {field_name}=...  ({ann}, default {default!r})  {field.description or ''}")
+                default = ("required" if field.is_required()
+                           else f"default {field.get_default(call_default_factory=True)!r}")
+                click.echo(f"    --option {field_name}=...  ({ann}, {default})  {field.description or ''}")
 
 
 @main.command()

@@ -6,6 +6,7 @@ through the ``lowprob`` entry-point group; :func:`load_registry` gathers everyth
 :class:`Registry`.
 """
 
+from lowprob.plugins.bracketing import LogZBracketing
 from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl, hookspec
 from lowprob.plugins.manager import PluginInfo, load_registry, plugin_infos
@@ -16,6 +17,7 @@ __all__ = [
     "ExtrapolationFit",
     "FitResult",
     "Kind",
+    "LogZBracketing",
     "PluginError",
     "PluginInfo",
     "Registrar",

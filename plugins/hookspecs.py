@@ -58,7 +58,7 @@ def register_distributions(registrar: Registrar) -> None:
 def register_models(registrar: Registrar) -> None:
     """Register lazy model loaders with ``registrar.add_model``.
 
-    Call it as ``add_model(name, loader, description=..., default=False)``. ``loader()`` returns a
+    Call it as ``add_model(name, loader, description="", default=False)``. ``loader()`` returns a
     :class:`lowprob.core.ModelAdapter`; it runs only when the model is requested, so discovery never
     loads weights. A third-party ``default=True`` overrides the built-in default model.
 

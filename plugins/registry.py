@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from lowprob.core.errors import LowprobError, UnknownNameError
-from lowprob.core.estimator import Capabilities, Estimator
+from lowprob.core.estimator import Capabilities, Estimator, EstimatorOptions
 from lowprob.core.model import ModelAdapter
 from lowprob.core.token_set import TokenSetResolver
 from lowprob.plugins.fits import ExtrapolationFit
@@ -158,7 +158,7 @@ class Registrar:
         self._add(Kind.DISTRIBUTION, name, spec, description)
 
     def add_model(
-        self, name: str, loader: ModelLoader, *, description: str, default: bool = False
+        self, name: str, loader: ModelLoader, *, description: str = "", default: bool = False
     ) -> None:
         """Register a lazy model loader; it runs only when the model is requested, never at
         discovery."""
@@ -200,6 +200,19 @@ class Registry:
         """The estimator class registered as ``name``."""
         cls: type[Estimator[Any]] = self.entry(Kind.ESTIMATOR, name).obj
         return cls
+
+    def create_estimator(
+        self, name: str, options: EstimatorOptions | Mapping[str, Any] | None = None
+    ) -> Estimator[Any]:
+        """The estimator ``name`` with ``options`` validated (a :class:`LowprobError` names bad keys).
+
+        An estimator whose constructor takes a ``registry`` keyword is given this registry, to look up the
+        plugins its options name (``activation-extrapolation``'s ``fit``).
+        """
+        cls = self.estimator(name)
+        if "registry" in inspect.signature(cls).parameters:
+            return cls(options, registry=self)  # type: ignore[call-arg]
+        return cls(options)
 
     def extrapolation(self, name: str) -> ExtrapolationFit:
         """The activation-extrapolation fit registered as ``name``."""

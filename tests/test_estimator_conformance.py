@@ -54,7 +54,8 @@ def toy(request: pytest.FixtureRequest) -> ToyProblem:
 def test_sane_within_budget_and_reproducible(name: str, toy: ToyProblem) -> None:
     cls = REGISTRY.estimator(name)
     budget = Budget(model_calls=3000)
-    runs = [run_estimator(cls(TOY_OPTIONS.get(name)), toy.problem(), budget, seed=5, progress=False)
+    runs = [run_estimator(REGISTRY.create_estimator(name, TOY_OPTIONS.get(name)), toy.problem(), budget, seed=5,
+                          progress=False)
             for _ in range(2)]
     assert not check_sane(runs[0])
     assert runs[0].model_calls <= 3000
@@ -132,8 +133,8 @@ def test_runs_on_the_default_model_with_a_paper_distribution(name: str, default_
     problem = default_model_hex.problem(target='argmax == "7"')
     cls = REGISTRY.estimator(name)
     before = problem.model.cost
-    estimate = run_estimator(cls(DEFAULT_MODEL_OPTIONS.get(name)), problem, Budget(model_calls=3000), seed=0,
-                             progress=False)
+    estimate = run_estimator(REGISTRY.create_estimator(name, DEFAULT_MODEL_OPTIONS.get(name)), problem,
+                             Budget(model_calls=3000), seed=0, progress=False)
     spent = problem.model.cost - before
     assert not check_sane(estimate)
     assert (estimate.forward_passes, estimate.backward_passes) == (spent.forward_passes, spent.backward_passes)

@@ -30,7 +30,6 @@ from lowprob.core.estimator import (
 from lowprob.core.random import integers
 from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl
-from lowprob.plugins.manager import load_registry
 from lowprob.plugins.registry import Registrar, Registry
 
 INTERVAL_METHOD = "log-normal (fit standard error)"
@@ -118,15 +117,14 @@ def _interval(fitted: FitResult, level: float) -> ConfidenceInterval | None:
 class ActivationExtrapolationOptions(ExtrapolationOptions):
     """Options of the generic estimator: the shared ones plus the fit's registered name."""
 
-    fit: str = Field(default="qld", description="registered extrapolation fit (lowprob list extrapolations)")
+    fit: str = Field(default="qld", description="registered extrapolation fit (`lowprob plugins` lists them)")
 
 
 class ActivationExtrapolation(ExtrapolationEstimator):
     """Activation extrapolation with any registered fit (option ``fit``, default QLD); heuristic.
 
-    The fit is looked up in ``registry`` or, without one, in a fresh :func:`load_registry` (built-ins and
-    installed plugins); the lookup happens in :meth:`check_problem`, before any model call, so an unknown name
-    costs nothing.
+    The fit is looked up in the ``registry`` it is given (``Registry.create_estimator`` passes its own); the
+    lookup happens in :meth:`check_problem`, before any model call, so an unknown name costs nothing.
     """
 
     name = "activation-extrapolation"
@@ -146,8 +144,10 @@ class ActivationExtrapolation(ExtrapolationEstimator):
 
     def fit(self) -> ExtrapolationFit:
         if self._fit is None:
-            registry = self._registry or load_registry()
-            self._fit = registry.extrapolation(self.options.fit)
+            if self._registry is None:
+                raise LowprobError(f"estimator {self.name!r} looks up its fit {self.options.fit!r} in a registry: "
+                                   f"create it with registry.create_estimator({self.name!r}, options)")
+            self._fit = self._registry.extrapolation(self.options.fit)
         return self._fit
 
     def check_problem(self, problem: Problem) -> None:

@@ -39,7 +39,7 @@ def _problem(registry: Registry, target: str | None = None) -> Problem:
 def test_estimators_spend_within_budget_and_report_error_bars(registry: Registry, name: str) -> None:
     problem = _problem(registry)
     before = problem.model.cost
-    estimate = run_estimator(registry.estimator(name)(SMALL), problem, BUDGET, seed=3)
+    estimate = run_estimator(registry.create_estimator(name, SMALL), problem, BUDGET, seed=3)
     spent = problem.model.cost - before
     assert not check_sane(estimate)
     assert 0 < estimate.value < 1 and estimate.std_error is not None and estimate.ci is not None

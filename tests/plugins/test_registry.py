@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from lowprob.core.errors import UnknownNameError
+from lowprob.core.errors import LowprobError, UnknownNameError
 from lowprob.core.token_set import TokenSet
 from lowprob.plugins import Kind, PluginError, load_registry
+from lowprob.plugins.builtin.activation_extrapolation import ActivationExtrapolation
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo
 from lowprob.plugins.fits import FitResult
 
@@ -143,3 +144,28 @@ def test_no_default_model_is_a_clear_error() -> None:
     registry = load_registry(entry_points=False, block=["lowprob.models"])
     with pytest.raises(PluginError, match="no plugin registered a default model"):
         _ = registry.default_model_name
+
+
+def test_a_model_needs_no_description(plugin) -> None:  # type: ignore[no-untyped-def]
+    def register_models(registrar):  # type: ignore[no-untyped-def]
+        registrar.add_model("bare", lambda: None)
+
+    entry = _load(plugin("bare-model", register_models=register_models)).entry("model", "bare")
+    assert (entry.name, entry.description) == ("bare", "")
+
+
+def test_create_estimator_validates_options_and_hands_over_the_registry() -> None:
+    """The generic extrapolation estimator finds its fit in the registry that created it, not a fresh one."""
+    registry = _load()
+    naive = registry.create_estimator("naive", {"batch_size": 7})
+    assert isinstance(naive, NaiveMonteCarlo) and naive.options.batch_size == 7
+    with pytest.raises(LowprobError, match="invalid options for estimator 'naive': nope"):
+        registry.create_estimator("naive", {"nope": 1})
+    generic = registry.create_estimator("activation-extrapolation", {"fit": "gld"})
+    assert generic.fit() is registry.extrapolation("gld")  # type: ignore[attr-defined]
+
+
+def test_the_extrapolation_estimator_loads_no_registry_itself() -> None:
+    orphan = ActivationExtrapolation({"fit": "qld"})
+    with pytest.raises(LowprobError, match=r"registry.create_estimator\('activation-extrapolation'"):
+        orphan.fit()
