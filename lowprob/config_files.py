@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lowprob.core.errors import LowprobError
+from lowprob.core.validation_messages import format_validation_error
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown keys (config files and result rows: a typo is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def read_toml_config(path: Path | str, model: type[ConfigT], what: str) -> ConfigT:
@@ -25,8 +33,16 @@ def read_toml_config(path: Path | str, model: type[ConfigT], what: str) -> Confi
     try:
         return model(**data)
     except ValidationError as exc:
-        lines = [f"{path}: invalid {what}"]
-        lines += [f"  {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{path}: invalid {what}", *(f"  {line}" for line in format_validation_error(exc, model))]
         raise LowprobError("\n".join(lines)) from None
     except LowprobError as exc:  # a validator's own error, e.g. a budget that cannot work
         raise LowprobError(f"{path}: {exc}") from None
+
+
+def reject_duplicates(path: Path, what: str, values: Sequence[Hashable]) -> None:
+    """Refuse a list that names one entry twice (it would plan the same rows twice); the error names it."""
+    seen: set[Hashable] = set()
+    for value in values:
+        if value in seen:
+            raise LowprobError(f"{path}: {what} lists {value!r} twice; each entry must be distinct")
+        seen.add(value)

@@ -1,37 +1,33 @@
 """Experiments: a TOML file composing models × distributions × targets × estimators × budgets × seeds.
 
-The plan is validated in full (file keys, model and estimator names, options, every spec compiled) before the
-first estimate runs. Each estimate becomes one JSON line in the results file; rerunning the same experiment
-skips rows already there, so a run killed halfway resumes without losing or duplicating rows.
+The plan is validated in full (file keys, duplicates, model and estimator names, options, every spec compiled,
+the output writable) before the first estimate runs. Each estimate becomes one :class:`ResultRow` in the
+results file; rerunning the same experiment skips rows already there (:mod:`lowprob.engine`), so a run killed
+halfway resumes without losing or duplicating rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from lowprob.api import SpecSource, compile_source, resolve_spec, run_problem
-from lowprob.config_files import read_toml_config
+from lowprob.config_files import StrictModel, read_toml_config, reject_duplicates
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError
-from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Problem
+from lowprob.core.random import Seed
+from lowprob.engine import Engine, Job
 from lowprob.plugins import Registry
-from lowprob.results import ResultsFile
+from lowprob.results import ResultRow, RowSpec
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DistributionEntry(_Strict):
+class DistributionEntry(StrictModel):
     """One distribution: a spec (file relative to the experiment, registered name, or ``text``) and targets."""
 
     name: str | None = None
@@ -50,7 +46,7 @@ class DistributionEntry(_Strict):
         return self
 
 
-class EstimatorEntry(_Strict):
+class EstimatorEntry(StrictModel):
     """An estimator by registered name with its options; ``label`` tells apart two option sets."""
 
     name: str
@@ -58,57 +54,33 @@ class EstimatorEntry(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class BudgetPreset(_Strict):
+class BudgetPreset(StrictModel):
     """A named budget resolved per estimator: ``paper`` is each method's budget in Wu & Hilton (2025)."""
 
     preset: Literal["paper"]
 
 
-class ExperimentFile(_Strict):
+class ExperimentFile(StrictModel):
     """The schema of an experiment TOML file."""
 
     name: str
     output: str = Field(description="results file (JSON lines), relative to the experiment file")
     models: list[str] = Field(default_factory=list, description="model names; default: the default model")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
     level: float = Field(default=0.95, gt=0, lt=1)
     distributions: list[DistributionEntry] = Field(min_length=1)
     estimators: list[EstimatorEntry] = Field(min_length=1)
     budgets: list[Budget | BudgetPreset] = Field(min_length=1)
 
 
-@dataclass(frozen=True)
-class Row:
-    """One planned estimate."""
-
-    model: str
-    distribution: str
-    target: str
-    estimator: EstimatorEntry
-    budget: Budget
-    seed: int
-    problem_key: tuple[str, str, str]
-
-    @property
-    def label(self) -> str:
-        return self.estimator.label or self.estimator.name
-
-    @property
-    def key(self) -> str:
-        ident = json.dumps([self.model, self.distribution, self.target, self.label,
-                            self.estimator.options, self.budget.model_dump(mode="json"), self.seed],
-                           sort_keys=True)
-        return hashlib.sha256(ident.encode()).hexdigest()[:20]
-
-
 @dataclass
 class Experiment:
-    """A validated plan: rows to run and the compiled problems they share."""
+    """A validated plan: the jobs to run and the compiled problems they share, by (model, distribution, target)."""
 
     spec: ExperimentFile
     path: Path
-    rows: list[Row]
-    problems: dict[tuple[str, str, str], Problem]
+    jobs: list[Job]
+    problems: dict[tuple[str, str, str | None], Problem]
 
     @property
     def output(self) -> Path:
@@ -130,70 +102,65 @@ def _source(entry: DistributionEntry, base: Path, registry: Registry) -> SpecSou
 
 
 def plan(path: Path | str, registry: Registry) -> Experiment:
-    """Validate everything an experiment needs and list its rows, before any estimate runs."""
+    """Validate everything an experiment needs and list its jobs, before any estimate runs."""
     path = Path(path)
+    if path.is_dir():
+        raise LowprobError(f"experiment file {path} is a folder; name a TOML file")
     spec = read_experiment(path)
     for est in spec.estimators:
         try:
             registry.estimator(est.name).parse_options(est.options)
         except LowprobError as exc:
             raise LowprobError(f"{path}: estimators '{est.label or est.name}': {exc}") from None
-    labels = [e.label or e.name for e in spec.estimators]
-    if len(set(labels)) != len(labels):
-        raise LowprobError(f"{path}: two estimators share a label; give each a distinct 'label'")
     models = spec.models or [registry.default_model_name]
-    rows: list[Row] = []
-    problems: dict[tuple[str, str, str], Problem] = {}
-    for model, entry in itertools.product(models, spec.distributions):
-        source = _source(entry, path.parent, registry)
+    for what, values in (("estimators (by label)", [e.label or e.name for e in spec.estimators]),
+                         ("models", models), ("seeds", spec.seeds),
+                         ("budgets", [b.model_dump_json() for b in spec.budgets])):
+        reject_duplicates(path, what, values)
+    sources = [_source(entry, path.parent, registry) for entry in spec.distributions]
+    reject_duplicates(path, "distributions (by name)", [s.name for s in sources])
+    jobs: list[Job] = []
+    problems: dict[tuple[str, str, str | None], Problem] = {}
+    for model, (entry, source) in itertools.product(models, zip(spec.distributions, sources, strict=True)):
         try:
             compiled = compile_source(registry, source, model=model, targets=entry.targets)
             targets = entry.targets or list(compiled.spec.targets)
             if not targets:
                 raise LowprobError("the spec defines no targets; list some in 'targets'")
+            reject_duplicates(path, "targets", targets)
             for target in targets:
-                key = (model, source.name, target)
-                problems[key] = compiled.problem(entry.distribution, target)
+                problem = problems[(model, source.name, target)] = compiled.problem(entry.distribution, target)
                 for est, budget, seed in itertools.product(spec.estimators, spec.budgets, spec.seeds):
                     if isinstance(budget, BudgetPreset):
                         budget = registry.estimator(est.name).paper_budget()
-                    rows.append(Row(model, source.name, target, est, budget, seed, key))
+                    jobs.append(Job(RowSpec(
+                        experiment=spec.name, model=model, distribution=source.name,
+                        distribution_hash=problem.distribution.content_hash, target=target, estimator=est.name,
+                        label=est.label or est.name, options=est.options, budget=budget, seed=seed)))
         except LowprobError as exc:
             raise LowprobError(f"{path}: distribution '{source.name}' on model '{model}':\n{exc}") from None
-    return Experiment(spec, path, rows, problems)
+    reject_duplicates(path, "the plan (a preset budget equal to a listed one?)", [job.key for job in jobs])
+    return Experiment(spec, path, jobs, problems)
 
 
-def pending(experiment: Experiment) -> list[Row]:
-    """Rows not yet in the results file."""
-    done = ResultsFile(experiment.output).keys()
-    return [row for row in experiment.rows if row.key not in done]
+def open_results(experiment: Experiment) -> Engine:
+    """The experiment's results file, checked writable and read (fails before any compute)."""
+    try:
+        return Engine(experiment.output)
+    except LowprobError as exc:
+        raise LowprobError(f"{experiment.path}: output: {exc}") from None
 
 
-def result_row(experiment: Experiment, row: Row, estimate: Estimate) -> dict[str, Any]:
-    """The JSON line written for one estimate."""
-    return {
-        "key": row.key,
-        "experiment": experiment.spec.name,
-        "model": row.model,
-        "distribution": row.distribution,
-        "target": row.target,
-        "estimator": row.label,
-        "budget": row.budget.model_dump(mode="json", exclude_none=True),
-        "seed": row.seed,
-        "estimate": estimate.model_dump(mode="json"),
-    }
+def run(experiment: Experiment, registry: Registry, engine: Engine | None = None) -> Iterator[ResultRow]:
+    """Run every pending job, appending each row as soon as it exists; yields the rows written."""
+    engine = engine or open_results(experiment)
 
+    def compute(job: Job) -> ResultRow:
+        row = job.spec
+        estimate = run_problem(registry, experiment.problems[(row.model, row.distribution, row.target)],
+                               row.estimator, row.options, row.budget, row.seed or 0, level=experiment.spec.level,
+                               progress=False)
+        return ResultRow.of(row, estimate=estimate)
 
-def run(experiment: Experiment, registry: Registry,
-        on_row: Callable[[Row, Estimate], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Run every pending row, appending each result as soon as it exists; yields the rows written."""
-    results = ResultsFile(experiment.output)
-    for row in pending(experiment):
-        problem = experiment.problems[row.problem_key]
-        estimate = run_problem(registry, problem, row.estimator.name, row.estimator.options, row.budget,
-                               row.seed, level=experiment.spec.level, progress=False)
-        record = result_row(experiment, row, estimate)
-        results.append(record)
-        if on_row is not None:
-            on_row(row, estimate)
-        yield record
+    for _, row in engine.run(experiment.jobs, compute):
+        yield row

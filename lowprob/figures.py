@@ -1,19 +1,27 @@
-"""Self-contained SVG figures for `lowprob reproduce`, so reports need no plotting library.
+"""Matplotlib figures of results: what `lowprob reproduce` saves (PNG and SVG) and helpers for notebooks.
 
 Two kinds: a grid of log–log scatter panels (estimate against ground truth, the paper's Figure 8 style, with
-the y = x line and zero estimates marked on a strip below the axis) and grouped bars (loss per method).
+the y = x line and zero estimates marked below the axis) and grouped bars (loss per method). Every function
+returns a :class:`matplotlib.figure.Figure` (no pyplot state), to restyle, ``savefig`` in any format, or show
+in a notebook; :func:`scatter_plot` and :func:`loss_plot` draw them straight from typed rows.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
+from pathlib import Path
 
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf")
-FONT = 'font-family="DejaVu Sans, Arial, sans-serif"'
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from lowprob.protocol import score
+from lowprob.results import ResultRow, write_atomic
+
+FORMATS = ("png", "svg")
+"""What :func:`save_figure` writes."""
 
 
 @dataclass(frozen=True)
@@ -27,23 +35,7 @@ class ScatterPanel:
     note: str = ""
 
 
-def _svg(width: float, height: float, body: list[str]) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-            f'viewBox="0 0 {width:.0f} {height:.0f}" {FONT} font-size="11">\n'
-            f'<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(body) + "\n</svg>\n")
-
-
-def _text(x: float, y: float, text: str, anchor: str = "middle", size: int = 11, extra: str = "") -> str:
-    return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{size}"{extra}>'
-            f'{escape(text)}</text>')
-
-
-def _text_width(text: str, size: int) -> float:
-    """A generous width for ``text`` at font ``size`` plus margins (0.62 em per character)."""
-    return 0.62 * size * len(text) + 40
-
-
-def _decades(values: Sequence[float]) -> tuple[int, int]:
+def _decades(values: Iterable[float]) -> tuple[int, int]:
     logs = [math.log10(v) for v in values if v > 0 and math.isfinite(v)]
     if not logs:
         return -6, 0
@@ -51,111 +43,132 @@ def _decades(values: Sequence[float]) -> tuple[int, int]:
     return (low, high) if high > low else (low, low + 1)
 
 
-def _scatter_panel(panel: ScatterPanel, left: float, top: float, size: float) -> list[str]:
-    """One square panel at (left, top): axes in decades, y = x, raw (hollow), fitted (filled), zeros (×)."""
-    truth = list(panel.truth)
-    fitted = list(panel.fitted) if panel.fitted is not None else []
+def _scatter_panel(ax: Axes, panel: ScatterPanel) -> None:
+    """One panel: axes in decades, y = x (dashed), raw (hollow grey), fitted (filled blue), zeros (red ×)."""
+    truth, fitted = list(panel.truth), list(panel.fitted or [])
     t_low, t_high = _decades(truth)
-    shown = [v for v in fitted + list(panel.raw) if v > 0 and t_low - 2 <= math.log10(v) <= t_high + 2]
+    shown = [v for v in [*fitted, *panel.raw] if v > 0 and t_low - 2 <= math.log10(v) <= t_high + 2]
     low, high = _decades(truth + shown)
-    span, strip = high - low, 14.0
-
-    def px(v: float) -> float:
-        return left + (math.log10(v) - low) / span * size
-
-    def py(v: float) -> float:
-        clamped = min(max(math.log10(v), low), high)
-        return top + size - (clamped - low) / span * size
-
-    out = [f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#444"/>',
-           f'<rect x="{left}" y="{top + size + 4}" width="{size}" height="{strip}" fill="#f3f3f3"/>',
-           _text(left + size / 2, top - 18, panel.title, size=12, extra=' font-weight="bold"'),
-           _text(left + size / 2, top - 5, panel.note, size=10)]
-    for d in range(low, high + 1):
-        pos = (d - low) / span * size
-        out += [f'<line x1="{left + pos:.1f}" y1="{top}" x2="{left + pos:.1f}" y2="{top + size}" stroke="#eee"/>',
-                f'<line x1="{left}" y1="{top + size - pos:.1f}" x2="{left + size}" y2="{top + size - pos:.1f}" '
-                'stroke="#eee"/>',
-                _text(left + pos, top + size + strip + 16, f"1e{d}", size=9),
-                _text(left - 4, top + size - pos + 3, f"1e{d}", anchor="end", size=9)]
-    out.append(f'<line x1="{left}" y1="{top + size}" x2="{left + size}" y2="{top}" stroke="#999" '
-               'stroke-dasharray="4 3"/>')
-    for p, q in zip(truth, panel.raw, strict=True):
-        x = px(p)
-        if q <= 0:
-            y = top + size + 4 + strip / 2
-            out.append(f'<path d="M{x - 3:.1f},{y - 3:.1f}L{x + 3:.1f},{y + 3:.1f}M{x - 3:.1f},{y + 3:.1f}'
-                       f'L{x + 3:.1f},{y - 3:.1f}" stroke="#d62728" stroke-width="1.2"/>')
-        else:
-            out.append(f'<circle cx="{x:.1f}" cy="{py(q):.1f}" r="2.6" fill="none" stroke="#999"/>')
-    for p, q in zip(truth, fitted, strict=True):
-        if q > 0:
-            out.append(f'<circle cx="{px(p):.1f}" cy="{py(q):.1f}" r="2.4" fill="#1f77b4" fill-opacity="0.75"/>')
-    return out
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(10.0**low, 10.0**high)
+    ax.set_ylim(10.0**low, 10.0**high)
+    ax.plot([10.0**low, 10.0**high], [10.0**low, 10.0**high], ls="--", color="#999", lw=1)
+    clip = [min(max(q, 10.0**low), 10.0**high) for q in panel.raw]  # beyond the axes: drawn on the edge
+    ax.scatter([p for p, q in zip(truth, panel.raw, strict=True) if q > 0],
+               [c for c, q in zip(clip, panel.raw, strict=True) if q > 0],
+               s=14, facecolors="none", edgecolors="#999", label="raw")
+    if fitted:
+        ax.scatter([p for p, q in zip(truth, fitted, strict=True) if q > 0],
+                   [min(max(q, 10.0**low), 10.0**high) for q in fitted if q > 0],
+                   s=12, color="#1f77b4", alpha=0.75, label="fitted")
+    zeros = [p for p, q in zip(truth, panel.raw, strict=True) if q <= 0]
+    if zeros:
+        ax.scatter(zeros, [-0.08] * len(zeros), transform=ax.get_xaxis_transform(), marker="x", color="#d62728",
+                   clip_on=False, label="zero estimate")
+    ax.set_title(f"{panel.title}\n{panel.note}" if panel.note else panel.title, fontsize=9)
+    ax.grid(True, which="major", color="#eee")
 
 
-def scatter_grid(title: str, panels: Sequence[ScatterPanel], columns: int = 4, size: float = 220) -> str:
+def scatter_grid(title: str, panels: Sequence[ScatterPanel], columns: int = 4) -> Figure:
     """Panels of estimate (vertical) against ground truth (horizontal), log–log, in a grid with a legend.
 
-    Hollow grey: raw estimates; filled blue: fitted estimates; red × on the strip below an axis: a zero
-    estimate at that ground truth; dashed: y = x. Estimates beyond the axes are drawn on the edge.
+    Hollow grey: raw estimates; filled blue: fitted estimates; red × under an axis: a zero estimate at that
+    ground truth; dashed: y = x. Estimates beyond the axes are drawn on the edge.
     """
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns) if panels else 1
-    cell_w, cell_h = size + 70, size + 80
-    legend = "x: ground-truth probability   y: estimate   ○ raw   ● fitted   × zero estimate   - - y = x"
-    width = max(columns * cell_w + 20, _text_width(title, 14), _text_width(legend, 10))
-    height = rows * cell_h + 70
-    body = [_text(width / 2, 20, title, size=14, extra=' font-weight="bold"'), _text(width / 2, 38, legend, size=10)]
-    for i, panel in enumerate(panels):
-        left = 55 + (i % columns) * cell_w
-        top = 75 + (i // columns) * cell_h
-        body += _scatter_panel(panel, left, top, size)
-    return _svg(width, height, body)
+    figure = Figure(figsize=(3.2 * columns, 3.4 * rows + 0.6), layout="constrained")
+    figure.suptitle(title, fontweight="bold")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < len(panels):
+            _scatter_panel(ax, panels[i])
+            ax.set_xlabel("ground-truth probability", fontsize=8)
+            ax.set_ylabel("estimate", fontsize=8)
+        else:
+            ax.set_axis_off()
+    handles: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=len(handles))
+    return figure
 
 
-def bar_chart(title: str, groups: Sequence[str], series: Sequence[str],
-              values: Mapping[tuple[str, str], float | None], y_label: str) -> str:
+def loss_bars(title: str, groups: Sequence[str], series: Sequence[str],
+              values: Mapping[tuple[str, str], float | None], y_label: str) -> Figure:
     """Grouped bars: one group per ``groups`` entry, one coloured bar per ``series`` entry, with a legend.
 
     A missing value is marked "n/a"; an infinite one is drawn to the top and labelled ∞.
     """
     finite = [v for v in values.values() if v is not None and math.isfinite(v)]
-    top_value = max(finite, default=1.0) * 1.1 or 1.0
-    bar_w = 12.0
-    group_w = bar_w * len(series) + 18
-    plot_h, left, top = 260.0, 60.0, 60.0
-    width = max(left + group_w * len(groups) + 150, _text_width(title, 14))
-    height = top + plot_h + 60
-    body = [_text(width / 2, 22, title, size=14, extra=' font-weight="bold"'),
-            f'<line x1="{left}" y1="{top + plot_h}" x2="{left + group_w * len(groups)}" y2="{top + plot_h}" '
-            'stroke="#444"/>',
-            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#444"/>',
-            _text(16, top + plot_h / 2, y_label, extra=f' transform="rotate(-90 16 {top + plot_h / 2:.1f})"')]
-    for k in range(5):
-        v = top_value * k / 4
-        y = top + plot_h - plot_h * k / 4
-        body += [f'<line x1="{left - 4}" y1="{y:.1f}" x2="{left + group_w * len(groups)}" y2="{y:.1f}" '
-                 'stroke="#eee"/>', _text(left - 6, y + 3, f"{v:.3g}", anchor="end", size=9)]
-    for g, group in enumerate(groups):
-        x0 = left + g * group_w + 9
-        body.append(_text(x0 + bar_w * len(series) / 2, top + plot_h + 16, group, size=10))
-        for s, name in enumerate(series):
-            x = x0 + s * bar_w
+    top = (max(finite, default=1.0) * 1.1) or 1.0
+    figure = Figure(figsize=(max(6.0, 0.25 * len(series) * len(groups) + 3), 4), layout="constrained")
+    ax = figure.subplots()
+    width = 0.8 / max(1, len(series))
+    for s, name in enumerate(series):
+        labelled = False
+        for g, group in enumerate(groups):
+            x = g - 0.4 + (s + 0.5) * width
             value = values.get((group, name))
             if value is None:
-                body.append(_text(x + bar_w / 2, top + plot_h - 4, "n/a", size=7,
-                                  extra=f' transform="rotate(-90 {x + bar_w / 2:.1f} {top + plot_h - 4:.1f})"'))
+                ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
                 continue
-            h = plot_h if not math.isfinite(value) else plot_h * min(value, top_value) / top_value
-            body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
-                        f'fill="{PALETTE[s % len(PALETTE)]}"><title>{escape(f"{group} / {name}: {value:.4g}")}'
-                        '</title></rect>')
+            ax.bar(x, top if not math.isfinite(value) else min(value, top), width * 0.9, color=f"C{s % 10}",
+                   label=None if labelled else name)
+            labelled = True
             if not math.isfinite(value):
-                body.append(_text(x + bar_w / 2, top - 3, "∞", size=10))
-    legend_x = left + group_w * len(groups) + 20
-    for s, name in enumerate(series):
-        y = top + 14 * s
-        body += [f'<rect x="{legend_x}" y="{y}" width="10" height="10" fill="{PALETTE[s % len(PALETTE)]}"/>',
-                 _text(legend_x + 14, y + 9, name, anchor="start", size=10)]
-    return _svg(width, height, body)
+                ax.text(x, top, "∞", ha="center", va="bottom")
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylim(0, top * 1.08)
+    ax.set_ylabel(y_label)
+    ax.set_title(title, fontweight="bold")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return figure
+
+
+def save_figure(figure: Figure, stem: Path) -> list[Path]:
+    """Write ``figure`` as ``stem.png`` and ``stem.svg`` (each atomically); returns the paths."""
+    paths = []
+    for fmt in FORMATS:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=120, metadata={"Date": None} if fmt == "svg" else None)
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        write_atomic(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _scored(rows: Iterable[ResultRow]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(ground truth, estimate) of every row that has both, by (distribution, label)."""
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for row in rows:
+        if row.estimate is not None and row.protocol is not None and row.protocol.p_true is not None \
+                and row.phase != "tune":
+            out.setdefault((row.distribution, row.label), []).append((row.protocol.p_true, row.estimate.value))
+    return out
+
+
+def scatter_plot(rows: Iterable[ResultRow], label: str, title: str | None = None) -> Figure:
+    """Estimate against ground truth for one method (``label``), one panel per distribution, with the fit of
+    :func:`lowprob.protocol.score`; from rows carrying a ground truth (those `lowprob reproduce` writes)."""
+    panels = []
+    for (distribution, method), pairs in _scored(rows).items():
+        if method == label:
+            truth, raw = [p for p, _ in pairs], [q for _, q in pairs]
+            s = score(truth, raw)
+            panels.append(ScatterPanel(distribution, truth, raw, list(s.fit.apply(raw)),
+                                       f"IS loss {s.is_fit:.3f} fit; {s.zeros}/{s.n} zero"))
+    return scatter_grid(title or f"{label}: estimate vs ground truth", panels)
+
+
+def loss_plot(rows: Iterable[ResultRow], title: str = "Itakura–Saito loss after fit (lower is better)") -> Figure:
+    """Mean fitted IS loss per distribution and method from rows carrying a ground truth."""
+    scored = _scored(rows)
+    groups = list(dict.fromkeys(d for d, _ in scored))
+    series = list(dict.fromkeys(m for _, m in scored))
+    values: dict[tuple[str, str], float | None] = {
+        key: score([p for p, _ in pairs], [q for _, q in pairs]).is_fit for key, pairs in scored.items()}
+    return loss_bars(title, groups, series, values, "mean IS loss")

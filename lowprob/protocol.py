@@ -1,5 +1,6 @@
 """The evaluation protocol of Wu & Hilton (2025) as pure functions: target bands and seeded selection, the
-temperature grid, the budget scale, the log-space fits and the losses (see docs/protocol.md).
+temperature grid, the budget scale, the log-space fits and the scores (the losses themselves are
+:mod:`lowprob.core.losses`; see docs/protocol.md).
 
 Everything here is numpy on plain arrays, with no model and no files, so every rule can be tested by hand.
 """
@@ -14,6 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lowprob.core.errors import LowprobError
+from lowprob.core.losses import Floats, itakura_saito_loss, squared_log_error
 
 PAPER_BAND = (1e-9, 1e-5)
 """The paper's test band: 256 tokens with ground-truth probability in [1e-9, 1e-5]."""
@@ -21,8 +23,6 @@ PAPER_TUNING_BAND = (1e-5, 1e-3)
 """The paper's temperature-tuning band: 100 tokens in [1e-5, 1e-3]."""
 PAPER_TEMPERATURES = (0.2, 5.0, 9)
 """The paper's temperature sweep: 9 values from 0.2 to 5, evenly spaced in log space."""
-
-Floats = NDArray[np.float64]
 
 
 def min_hits(max_rel_error: float) -> int:
@@ -137,22 +137,6 @@ def scaled_option(base: float, scale: float, exponent: float) -> int:
     return max(1, round(base * scale**exponent))
 
 
-def is_loss(p: ArrayLike, p_hat: ArrayLike) -> Floats:
-    """The Itakura–Saito-style loss L(p, p̂) = p/p̂ − ln(p/p̂) − 1 elementwise: 0 iff p̂ = p, ∞ for p̂ = 0 < p."""
-    p, p_hat = _floats(p), _floats(p_hat)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = p / p_hat
-        out = ratio - np.log(ratio) - 1
-    return np.where(p_hat > 0, out, np.inf)
-
-
-def squared_log_error(p: ArrayLike, p_hat: ArrayLike) -> Floats:
-    """(ln p − ln p̂)² elementwise; ∞ for p̂ = 0."""
-    p, p_hat = _floats(p), _floats(p_hat)
-    with np.errstate(divide="ignore"):
-        return np.where(p_hat > 0, (np.log(p) - np.log(np.where(p_hat > 0, p_hat, 1.0))) ** 2, np.inf)
-
-
 @dataclass(frozen=True)
 class LogFit:
     """A monotone map of estimates: ``ln p̂' = slope · ln p̂ + intercept`` for p̂ > 0, and ``p̂' = floor`` for
@@ -226,10 +210,10 @@ def score(p: ArrayLike, p_hat: ArrayLike) -> Scores:
     :func:`fit_squared_log` and without; ``is_fit_se`` is the standard error of the fitted mean over tokens."""
     p, p_hat = _checked(p, p_hat)
     fit, sq_fit = fit_is(p, p_hat), fit_squared_log(p, p_hat)
-    fitted = is_loss(p, fit.apply(p_hat))
+    fitted = itakura_saito_loss(p, fit.apply(p_hat))
     se = float(fitted.std(ddof=1) / math.sqrt(len(p))) if len(p) > 1 else math.nan
     return Scores(n=len(p), zeros=int((p_hat == 0).sum()), is_fit=float(fitted.mean()),
-                  is_raw=float(is_loss(p, p_hat).mean()),
+                  is_raw=float(itakura_saito_loss(p, p_hat).mean()),
                   sq_log_fit=float(squared_log_error(p, sq_fit.apply(p_hat)).mean()),
                   sq_log_raw=float(squared_log_error(p, p_hat).mean()), is_fit_se=se, fit=fit, sq_fit=sq_fit)
 
@@ -248,7 +232,7 @@ def tuning_score(p: ArrayLike, p_hat: ArrayLike, planned: int) -> TuningScore:
     """The :class:`TuningScore` of the estimates ``p_hat`` that came back out of ``planned`` tuning runs."""
     p, p_hat = _floats(p), _floats(p_hat)
     positive = p_hat > 0
-    loss = float(is_loss(p[positive], p_hat[positive]).mean()) if positive.any() else math.inf
+    loss = float(itakura_saito_loss(p[positive], p_hat[positive]).mean()) if positive.any() else math.inf
     return TuningScore(planned - int(positive.sum()), loss)
 
 

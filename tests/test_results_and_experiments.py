@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from lowprob import experiments
-from lowprob.core import LowprobError
+from lowprob import experiments, read_results
+from lowprob.core import Budget, LowprobError
+from lowprob.core.estimate import Estimate
 from lowprob.plugins import hookimpl, load_registry
 from lowprob.plugins.testing import tiny_model
-from lowprob.results import ResultsFile, write_atomic
+from lowprob.results import ResultRow, ResultsFile, RowSpec, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,14 +60,35 @@ model_calls = 300
     return path
 
 
+def _row(name: str, value: float = 0.5) -> ResultRow:
+    """A hand-made row whose estimate is ``value`` (each name a distinct key)."""
+    spec = RowSpec(model="tiny", distribution=name, distribution_hash="h", target="t", estimator="naive",
+                   label="naive", budget=Budget(model_calls=10), seed=0)
+    estimate = Estimate(value=value, log10_value=None, std_error=None, ci=None, hits=1, samples=2, forward_passes=2,
+                        backward_passes=0, model_calls=2, seconds=0.0, model_seconds=0.0, stop_reason="model_calls",
+                        unbiased=True, provenance={"estimator": "naive", "seed": 0, "model": "tiny",
+                                                   "distribution_hash": "h", "target": "t"})
+    return ResultRow.of(spec, estimate=estimate)
+
+
 def test_results_file_appends_complete_lines_and_trims_a_partial_tail(tmp_path: Path) -> None:
     results = ResultsFile(tmp_path / "r.jsonl")
-    results.append({"key": "a", "v": 1})
+    results.append(_row("a"))
+    first = results.path.read_text()
     with results.path.open("ab") as fh:  # a write killed halfway
         fh.write(b'{"key": "b", "v"')
-    assert [r["key"] for r in results.rows()] == ["a"]
-    results.append({"key": "c", "v": 3})
-    assert results.path.read_text().splitlines() == ['{"key": "a", "v": 1}', '{"key": "c", "v": 3}']
+    assert [r.distribution for r in results.rows()] == ["a"]
+    results.append(_row("c"))
+    assert [r.distribution for r in read_results(results.path)] == ["a", "c"]
+    assert results.path.read_text().startswith(first) and results.path.read_text().count("\n") == 2
+
+
+def test_rows_read_back_typed_with_their_estimate(tmp_path: Path) -> None:
+    results = ResultsFile(tmp_path / "r.jsonl")
+    results.append(_row("a", 0.25))
+    (row,) = read_results(results.path)
+    assert isinstance(row.estimate, Estimate) and row.estimate.value == 0.25 and row.format_version == 1
+    assert row == _row("a", 0.25) and row.key == row.digest()
 
 
 def test_damaged_results_file_is_reported_not_overwritten(tmp_path: Path) -> None:
@@ -87,12 +109,12 @@ def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
 
 def test_nan_rows_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        ResultsFile(tmp_path / "r.jsonl").append({"key": "a", "v": float("nan")})
+        ResultsFile(tmp_path / "r.jsonl").append(_row("a", float("nan")))
 
 
 def test_experiment_plan_and_resume_without_duplicates(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
     exp = experiments.plan(_write_experiment(tmp_path), registry)
-    assert len(exp.rows) == 2 * 3  # two targets × three seeds
+    assert len(exp.jobs) == 2 * 3  # two targets × three seeds
     first = []
     for row in experiments.run(exp, registry):  # interrupted after two rows
         first.append(row)
@@ -100,15 +122,15 @@ def test_experiment_plan_and_resume_without_duplicates(tmp_path: Path, registry)
             break
     with exp.output.open("ab") as fh:  # and a third row half-written when it was killed
         fh.write(b'{"key": "partial')
-    assert len(experiments.pending(exp)) == 4
+    assert len(experiments.open_results(exp).pending(exp.jobs)) == 4
     rest = list(experiments.run(experiments.plan(tmp_path / "exp.toml", registry), registry))
-    rows = list(ResultsFile(exp.output).rows())
+    rows = read_results(exp.output)
     assert len(rest) == 4 and len(rows) == 6
-    assert len({r["key"] for r in rows}) == 6
+    assert len({r.key for r in rows}) == 6
     assert rows[:2] == first
-    assert {r["target"] for r in rows} == {"c", 'argmax in {"a", "b"}'}
-    assert all(r["estimate"]["forward_passes"] == 300 for r in rows)
-    assert experiments.pending(exp) == []
+    assert {r.target for r in rows} == {"c", 'argmax in {"a", "b"}'}
+    assert all(r.estimate is not None and r.estimate.forward_passes == 300 for r in rows)
+    assert experiments.open_results(exp).pending(exp.jobs) == []
 
 
 def test_same_experiment_same_numbers(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
@@ -116,12 +138,12 @@ def test_same_experiment_same_numbers(tmp_path: Path, registry) -> None:  # type
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         exp = experiments.plan(_write_experiment(tmp_path / sub, seeds=2), registry)
-        values.append([r["estimate"]["value"] for r in experiments.run(exp, registry)])
+        values.append([r.estimate.value for r in experiments.run(exp, registry) if r.estimate is not None])
     assert values[0] == values[1]
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ("colour = 'red'", "colour: Extra inputs are not permitted"),
+    ("colour = 'red'", "colour: unknown key 'colour'"),
     ("level = 2", "level: Input should be less than 1"),
 ])
 def test_bad_experiment_keys_name_file_and_key(tmp_path: Path, registry, extra: str, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -174,7 +196,7 @@ model_calls = 1500
     assert 2 <= len(before) < 12, "the run should have been killed part-way"
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     after = [json.loads(line) for line in results.read_text().splitlines()]
-    assert len(after) == 12 and len({r["key"] for r in after}) == 12
+    assert len(after) == 12 and len({r["key"] for r in after}) == 12 and len(read_results(results)) == 12
     assert [json.dumps(r, sort_keys=True) for r in after[:len(before)]] == before
     assert sorted(r["seed"] for r in after) == list(range(12))
 
@@ -183,7 +205,7 @@ def test_paper_budget_preset_resolves_per_estimator(tmp_path: Path, registry) ->
     path = _write_experiment(tmp_path, seeds=1)
     path.write_text(path.read_text().replace("[[budgets]]\nmodel_calls = 300", '[[budgets]]\npreset = "paper"'))
     exp = experiments.plan(path, registry)
-    assert {row.budget.model_calls for row in exp.rows} == {2**16}
-    assert {row.budget.backward_weight for row in exp.rows} == {0.0}
+    assert {job.spec.budget.model_calls for job in exp.jobs} == {2**16}
+    assert {job.spec.budget.backward_weight for job in exp.jobs} == {0.0}
     row = next(experiments.run(exp, registry))
-    assert row["estimate"]["forward_passes"] == 2**16
+    assert row.estimate is not None and row.estimate.forward_passes == 2**16
