@@ -35,6 +35,12 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## The documentation site (mkdocs.yml: docs/ plus an API reference from the docstrings) in site/, strict: a broken
+## link or anchor, a page missing from the navigation or an API entry that cannot be collected fails the build.
+.PHONY: docs
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
 ## Lint and type-check (the layering contract is tests/test_architecture.py).
 lint: $(STAMP)
 	$(BIN)/ruff check .
