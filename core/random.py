@@ -13,8 +13,10 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from lowprob.core.errors import LowprobError
 
@@ -172,3 +174,18 @@ def uniform(shape: Sequence[int], generator: torch.Generator | Enumerator,
     if isinstance(generator, Enumerator):
         raise NotEnumerable("a continuous (uniform) draw has infinitely many outcomes and cannot be enumerated")
     return torch.rand(tuple(shape), generator=generator, dtype=dtype)
+
+
+MAX_SEED = 2**63 - 1
+"""Seeds are integers in ``[0, MAX_SEED]``: what ``torch.Generator``, numpy int64 and every results file take
+without wrapping (a negative seed would alias a large one, a larger one overflows)."""
+
+Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="a seed in [0, 2^63 - 1]")]
+"""A seed field of a config file: an integer (not a float or string) in the valid range."""
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """``seed`` if it is a valid seed, else a :class:`LowprobError` naming ``what`` and the range."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise LowprobError(f"{what} must be an integer from 0 to 2^63 - 1, got {seed!r}")
+    return seed

@@ -4,6 +4,10 @@ A ground truth is built from *shards*: shard ``s`` is ``shard_size`` inputs draw
 ``s``, so any set of distinct shards can be counted on different machines, at different times, and merged by
 adding counts. A file records which shard seeds it holds; merging refuses overlapping seeds or mismatched
 model, distribution or shard size, so no input is ever counted twice.
+
+Files are validated field by field when read (token ids in the vocabulary, counts non-negative and summing to
+the samples, reservoir inputs made of vocabulary ids) and carry a sha256 ``checksum`` of their counting payload,
+so a damaged or edited file is refused with the file and the field named, never silently used.
 """
 
 from __future__ import annotations
@@ -11,16 +15,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
+import re
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from lowprob import __version__
 from lowprob.core.certified_argmax import CertifiedArgmax, CertifiedUnembedding, matmul_mode
@@ -30,6 +39,8 @@ from lowprob.core.errors import LowprobError
 from lowprob.core.fast_forward import FirstLayerTable
 from lowprob.core.model import ModelAdapter
 from lowprob.core.progress import progress_bar
+from lowprob.core.random import MAX_SEED
+from lowprob.core.validation_messages import format_validation_error
 from lowprob.results import write_atomic
 
 FORMAT = "lowprob-ground-truth/1"
@@ -38,6 +49,14 @@ SHIPPED_DIR = "data/ground_truth"
 """Package-data folder (under ``lowprob``) of the shipped ground truths, one ``<model>/<distribution>.json``."""
 TABLE_BYTES_LIMIT = 1 << 30
 """First-layer tables larger than this are not built (the fast path then computes the first layer)."""
+MAX_SHARDS = 1 << 20
+"""Shards one file may hold (its seeds are kept in memory); more samples need a larger shard size."""
+MAX_SHARD_SIZE = 1 << 32
+MAX_RESERVOIR = 1 << 12
+"""Hitting inputs kept per token at most."""
+CHECKSUMMED = ("model", "distribution", "distribution_hash", "d_vocab", "samples", "shard_size", "seeds", "counts",
+               "reservoir_size", "reservoir")
+"""The fields the checksum covers: everything but ``metadata`` (timings and versions, rewritten by merges)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,12 @@ class GroundTruth:
         k = int(self.counts[token])
         return math.inf if k == 0 else math.sqrt((1 - k / self.samples) / k)
 
-    def hits(self, token: int) -> tuple[tuple[int, ...], ...]:
-        """Stored hitting inputs of ``token`` (possibly fewer than its count, possibly none)."""
+    def hits(self, token: int) -> int:
+        """How many counted inputs have ``token`` as their argmax."""
+        return int(self.counts[token])
+
+    def hitting_inputs(self, token: int) -> tuple[tuple[int, ...], ...]:
+        """Stored hitting inputs of ``token`` (possibly fewer than its hits, possibly none)."""
         return tuple(self.reservoir.get(token, ()))
 
     def merge(self, other: GroundTruth) -> GroundTruth:
@@ -104,42 +127,41 @@ class GroundTruth:
         counts = self.counts + other.counts
         samples = self.samples + other.samples
         max_p = float(self.metadata.get("reservoir_max_p", 1.0))
-        reservoir = {t: tuple([*first.hits(t), *second.hits(t)][:size])
+        reservoir = {t: tuple([*first.hitting_inputs(t), *second.hitting_inputs(t)][:size])
                      for t in sorted(set(self.reservoir) | set(other.reservoir)) if counts[t] <= max_p * samples}
         return GroundTruth(self.model, self.distribution, self.distribution_hash, self.d_vocab, self.shard_size,
                            tuple(sorted(self.seeds + other.seeds)), counts, reservoir, size,
                            {**second.metadata, **first.metadata, **_summed_metadata(self.metadata, other.metadata)})
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict; counts are stored sparsely as ``{token id: count}``."""
+        """A JSON-ready dict; counts are stored sparsely as ``{token id: count}``, with a ``checksum``."""
         nonzero = np.flatnonzero(self.counts)
-        return {"format": FORMAT, "model": self.model, "distribution": self.distribution,
+        data = {"format": FORMAT, "model": self.model, "distribution": self.distribution,
                 "distribution_hash": self.distribution_hash, "d_vocab": self.d_vocab, "samples": self.samples,
                 "shard_size": self.shard_size, "seeds": compress_seeds(self.seeds),
                 "metadata": dict(self.metadata),
                 "counts": {str(int(t)): int(self.counts[t]) for t in nonzero},
                 "reservoir_size": self.reservoir_size,
                 "reservoir": {str(t): [list(x) for x in xs] for t, xs in sorted(self.reservoir.items())}}
+        return {**data, "checksum": checksum(data)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], source: str = "<data>") -> GroundTruth:
-        """Inverse of :meth:`to_json`; ``source`` names the file in errors."""
+    def from_json(cls, data: Any, source: str = "<data>") -> GroundTruth:
+        """Inverse of :meth:`to_json`, validated field by field; ``source`` names the file in errors."""
+        if not isinstance(data, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data),
+                                                                                                   "a number")
+            raise LowprobError(f"{source}: not a lowprob ground-truth file (its JSON is {kind}, not an object)")
         if data.get("format") != FORMAT:
             raise LowprobError(f"{source}: not a lowprob ground-truth file (format {data.get('format')!r}, "
                                f"expected {FORMAT!r})")
         try:
-            counts = np.zeros(int(data["d_vocab"]), dtype=np.int64)
-            for token, count in data["counts"].items():
-                counts[int(token)] = int(count)
-            gt = cls(data["model"], data["distribution"], data["distribution_hash"], int(data["d_vocab"]),
-                     int(data["shard_size"]), expand_seeds(data["seeds"]), counts,
-                     {int(t): tuple(tuple(int(i) for i in x) for x in xs) for t, xs in data["reservoir"].items()},
-                     int(data["reservoir_size"]), dict(data.get("metadata", {})))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise LowprobError(f"{source}: damaged ground-truth file ({type(exc).__name__}: {exc})") from exc
-        if gt.samples != int(data["samples"]):
-            raise LowprobError(f"{source}: says {data['samples']} samples but its shards hold {gt.samples}")
-        return gt
+            file = _GroundTruthFile.model_validate(data)
+        except ValidationError as exc:
+            lines = format_validation_error(exc, _GroundTruthFile)
+            more = f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else ""
+            raise LowprobError(f"{source}: damaged ground-truth file:\n  " + "\n  ".join(lines[:8]) + more) from None
+        return file.ground_truth(source, data)
 
     def save(self, path: Path | str) -> None:
         """Write atomically (a killed write never leaves a half-written file)."""
@@ -147,15 +169,113 @@ class GroundTruth:
 
     @classmethod
     def load(cls, path: Path | str) -> GroundTruth:
-        """Read a ground-truth file."""
+        """Read and validate a ground-truth file; any damage is a :class:`LowprobError` naming file and field."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise LowprobError(f"no ground-truth file at {path}") from None
+        except OSError as exc:
+            raise LowprobError(f"{path}: cannot read the ground-truth file ({exc.strerror or exc})") from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise LowprobError(f"{path}: not a ground-truth file (not UTF-8 text: byte {exc.start})") from None
         except json.JSONDecodeError as exc:
-            raise LowprobError(f"{path}: not JSON ({exc})") from exc
+            raise LowprobError(f"{path}: not JSON ({exc})") from None
+        except RecursionError:
+            raise LowprobError(f"{path}: not a ground-truth file (JSON nested too deeply)") from None
         return cls.from_json(data, str(path))
+
+
+def checksum(data: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` of the :data:`CHECKSUMMED` fields of a ground-truth file's JSON, canonically encoded."""
+    payload = json.dumps({k: data.get(k) for k in CHECKSUMMED}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _token_id(key: str) -> str:
+    if not re.fullmatch(r"0|[1-9][0-9]{0,8}", key):
+        raise ValueError("not a token id (a non-negative integer without sign or leading zeros)")
+    return key
+
+
+_TokenId = Annotated[str, AfterValidator(_token_id)]
+"""A token id as a JSON key: a canonical non-negative decimal (``-1`` or ``08`` are refused, not wrapped)."""
+_Count = Annotated[int, Field(strict=True, ge=0, lt=1 << 62)]
+_SeedRange = Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], Field(min_length=2, max_length=2)]
+"""An inclusive ``[first, last]`` range of shard seeds."""
+
+
+class _Metadata(BaseModel):
+    """The metadata fields lowprob reads back (others are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    reservoir_max_p: float | None = Field(default=None, ge=0, le=1)
+    seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    rechecked: int | None = Field(default=None, ge=0)
+    precision: str | None = None
+
+
+class _GroundTruthFile(BaseModel):
+    """The schema of a ground-truth file; :meth:`ground_truth` checks what spans fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: Literal["lowprob-ground-truth/1"]
+    model: str
+    distribution: str
+    distribution_hash: str
+    d_vocab: int = Field(ge=1, le=1 << 24)
+    samples: _Count
+    shard_size: int = Field(ge=1, le=MAX_SHARD_SIZE)
+    seeds: list[_SeedRange] = Field(max_length=MAX_SHARDS)
+    metadata: _Metadata = Field(default_factory=_Metadata)
+    counts: dict[_TokenId, _Count]
+    reservoir_size: int = Field(ge=0, le=MAX_RESERVOIR)
+    reservoir: dict[_TokenId, list[list[_Count]]]
+    checksum: str | None = None
+    """Absent in files written before checksums; such files are still read (and validated field by field)."""
+
+    def ground_truth(self, source: str, data: Mapping[str, Any]) -> GroundTruth:
+        def bad(field: str, problem: str) -> LowprobError:
+            return LowprobError(f"{source}: damaged ground-truth file: {field}: {problem}")
+
+        shards, previous = 0, -1
+        for i, (first, last) in enumerate(self.seeds):
+            if not previous < first <= last:
+                raise bad(f"seeds.{i}", f"[{first}, {last}] is not an increasing range after seed {previous}")
+            shards, previous = shards + last - first + 1, last
+        if shards > MAX_SHARDS:
+            raise bad("seeds", f"{shards} shards, more than the {MAX_SHARDS} a file may hold")
+        if self.samples != shards * self.shard_size:
+            raise LowprobError(f"{source}: says {self.samples} samples but its shards hold {shards * self.shard_size}")
+        for name, keys in (("counts", self.counts), ("reservoir", self.reservoir)):
+            for key in keys:
+                if int(key) >= self.d_vocab:
+                    raise bad(f"{name}.{key}", f"token id {key} is outside the vocabulary (d_vocab {self.d_vocab})")
+        length = next((len(row) for rows in self.reservoir.values() for row in rows), 0)
+        for key, rows in self.reservoir.items():
+            if len(rows) > min(self.reservoir_size, self.counts.get(key, 0)):
+                raise bad(f"reservoir.{key}", f"{len(rows)} hitting inputs, more than the reservoir size "
+                                              f"{self.reservoir_size} or the token's count {self.counts.get(key, 0)}")
+            for row in rows:
+                if not row or max(row) >= self.d_vocab or len(row) != length:
+                    raise bad(f"reservoir.{key}", f"input {row[:8]} is not a list of {length} token ids below "
+                                                  f"{self.d_vocab}")
+        if self.checksum is not None and self.checksum != checksum(data):
+            raise bad("checksum", "does not match the file's contents: it was edited or damaged after it was "
+                                  "written (recount it, or restore it)")
+        if sum(self.counts.values()) != self.samples:
+            raise bad("counts", f"sum to {sum(self.counts.values())}, not the file's {self.samples} samples")
+        counts = np.zeros(self.d_vocab, dtype=np.int64)
+        for key, count in self.counts.items():
+            counts[int(key)] = count
+        return GroundTruth(self.model, self.distribution, self.distribution_hash, self.d_vocab, self.shard_size,
+                           expand_seeds(self.seeds), counts,
+                           {int(t): tuple(tuple(x) for x in xs) for t, xs in self.reservoir.items()},
+                           self.reservoir_size, dict(data.get("metadata", {})))
 
 
 def _summed_metadata(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,13 +373,17 @@ def argmax_path(adapter: ModelAdapter, distribution: InputDistribution, precisio
     return ArgmaxPath("fast+tables" if table is not None else "fast", precision, argmax)
 
 
+def _check_fits(adapter: ModelAdapter, distribution: InputDistribution, name: str) -> None:
+    if distribution.length > adapter.n_ctx:
+        raise LowprobError(f"distribution {name!r} has {distribution.length} positions; model {adapter.name!r} "
+                           f"takes at most {adapter.n_ctx}")
+
+
 def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: str, seed: int, shard_size: int, *,
                 reservoir_size: int = 8, reservoir_max_p: float = 1e-3, batch_size: int = 4096,
                 precision: str = "fp32", on_batch: Any = None) -> GroundTruth:
     """Shard ``seed`` of the ground truth of ``adapter`` on ``distribution`` (named ``name``)."""
-    if distribution.length > adapter.n_ctx:
-        raise LowprobError(f"distribution {name!r} has {distribution.length} positions; model {adapter.name!r} "
-                           f"takes at most {adapter.n_ctx}")
+    _check_fits(adapter, distribution, name)
     path = argmax_path(adapter, distribution, precision)
     started = time.perf_counter()
     tally = count_argmax(path, distribution, shard_size, shard_generator(seed), batch_size=batch_size,
@@ -275,6 +399,67 @@ def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: st
                        counts.astype(np.int64), reservoir, reservoir_size, metadata)
 
 
+def check_output(path: Path) -> None:
+    """Refuse, before anything is counted, an output the atomic rewrite could not write or should not replace:
+    a folder, a read-only file (the rename would silently swap it for a writable one), an unwritable folder."""
+    if path.is_dir():
+        raise LowprobError(f"output {path} is a folder; name a ground-truth file (e.g. {path / 'counts.json'})")
+    if path.exists():
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise LowprobError(f"output {path} is not a regular file")
+        if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
+            raise LowprobError(f"output {path} is read-only; make it writable (chmod u+w) to extend it, or choose "
+                               "another output")
+    folder = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+    if not folder.is_dir():
+        raise LowprobError(f"cannot write {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as exc:
+        raise LowprobError(f"cannot write {path}: {folder} is not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_run(output: Path, *, samples: int, shard_size: int = 1 << 16, first_seed: int = 0,
+              reservoir_size: int = 8, reservoir_max_p: float = 1e-3, batch_size: int = 4096) -> GroundTruth | None:
+    """Validate a counting run before any model work: every setting in range, the output writable; returns the
+    (validated) ground truth already in ``output``, which the run resumes, or ``None``."""
+    if not 1 <= shard_size <= MAX_SHARD_SIZE:
+        raise LowprobError(f"the shard size must be from 1 to 2^{MAX_SHARD_SIZE.bit_length() - 1}, got {shard_size}")
+    if samples <= 0 or samples % shard_size:
+        raise LowprobError(f"samples ({samples}) must be a positive multiple of the shard size ({shard_size})")
+    if samples // shard_size > MAX_SHARDS:
+        raise LowprobError(f"{samples} samples are {samples // shard_size} shards of {shard_size}; a file holds at "
+                           f"most {MAX_SHARDS} shards (2^{MAX_SHARDS.bit_length() - 1}): use a larger shard size")
+    if not 0 <= first_seed <= MAX_SEED - samples // shard_size + 1:
+        raise LowprobError(f"the first seed must be from 0 to 2^63 - 1 minus the shard count, got {first_seed}")
+    if not 0 <= reservoir_size <= MAX_RESERVOIR:
+        raise LowprobError(f"the reservoir size must be from 0 to {MAX_RESERVOIR}, got {reservoir_size}")
+    if not 0 <= reservoir_max_p <= 1:
+        raise LowprobError(f"the reservoir's max probability must be in [0, 1], got {reservoir_max_p}")
+    if batch_size < 1:
+        raise LowprobError(f"the batch size must be at least 1, got {batch_size}")
+    check_output(output)
+    return GroundTruth.load(output) if output.exists() else None
+
+
+def pending_seeds(existing: GroundTruth | None, adapter: ModelAdapter, distribution: InputDistribution, name: str,
+                  output: Path, *, samples: int, shard_size: int, first_seed: int = 0) -> list[int]:
+    """The shard seeds a run still has to count; ``existing`` (the file at ``output``) must be the same ground
+    truth (model, distribution and its hash, shard size)."""
+    _check_fits(adapter, distribution, name)
+    if existing is not None:
+        expected = (adapter.name, name, distribution.content_hash, shard_size)
+        found = (existing.model, existing.distribution, existing.distribution_hash, existing.shard_size)
+        if found != expected:
+            raise LowprobError(f"{output} holds a different ground truth (model, distribution, hash, shard size "
+                               f"{found}, expected {expected}); choose another output file")
+    done = set(existing.seeds) if existing is not None else set()
+    return [s for s in range(first_seed, first_seed + samples // shard_size) if s not in done]
+
+
 def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, name: str, output: Path, *,
                      samples: int, shard_size: int = 1 << 16, first_seed: int = 0, reservoir_size: int = 8,
                      reservoir_max_p: float = 1e-3, batch_size: int = 4096, precision: str = "fp32",
@@ -284,20 +469,13 @@ def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, nam
     After each shard the merged file is rewritten atomically, so a run killed at any point loses at most the
     shard in progress, and rerunning it gives bit-identical counts. ``precision`` (``fp32``, ``bf16``, ``fp16``,
     ``tf32``) only changes speed: the counts are the float32 ones (certified, see
-    :mod:`lowprob.core.certified_argmax`), so shards counted in different precisions merge.
+    :mod:`lowprob.core.certified_argmax`), so shards counted in different precisions merge. Every setting and
+    the output are checked (:func:`check_run`) before the first input is drawn.
     """
-    if samples <= 0 or samples % shard_size:
-        raise LowprobError(f"samples ({samples}) must be a positive multiple of the shard size ({shard_size})")
-    wanted = range(first_seed, first_seed + samples // shard_size)
-    total = GroundTruth.load(output) if output.exists() else None
-    if total is not None:
-        expected = (adapter.name, name, distribution.content_hash, shard_size)
-        found = (total.model, total.distribution, total.distribution_hash, total.shard_size)
-        if found != expected:
-            raise LowprobError(f"{output} holds a different ground truth (model, distribution, hash, shard size "
-                               f"{found}, expected {expected}); choose another output file")
-    done = set(total.seeds) if total is not None else set()
-    todo = [s for s in wanted if s not in done]
+    total = check_run(output, samples=samples, shard_size=shard_size, first_seed=first_seed,
+                      reservoir_size=reservoir_size, reservoir_max_p=reservoir_max_p, batch_size=batch_size)
+    todo = pending_seeds(total, adapter, distribution, name, output, samples=samples, shard_size=shard_size,
+                         first_seed=first_seed)
     with progress_bar(len(todo) * shard_size, f"{adapter.name}/{name}", progress, unit="seq") as bar:
         for seed in todo:
             shard = count_shard(adapter, distribution, name, seed, shard_size, reservoir_size=reservoir_size,
@@ -305,6 +483,5 @@ def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, nam
                                 on_batch=bar.update)
             total = shard if total is None else total.merge(shard)
             total.save(output)
-    if total is None:
-        raise LowprobError("no shard was counted")  # unreachable: samples > 0
+    assert total is not None  # check_run refuses samples <= 0, so a shard was counted or already there
     return total

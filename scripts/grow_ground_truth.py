@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from lowprob.cli import main as lowprob_main
-from lowprob.cli import parse_count
+from lowprob.cli_params import parse_count
 from lowprob.ground_truth import GroundTruth, shipped_pairs, shipped_root
 
 
