@@ -17,6 +17,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.resolvers",
     "lowprob.plugins.builtin.distributions",
     "lowprob.plugins.builtin.planted",
+    "lowprob.plugins.builtin.planted",
 )
 """Built-in plugin modules; each is registered as ``lowprob.<last part>`` (e.g.
 ``lowprob.naive``)."""
