@@ -9,14 +9,10 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.qld",
     "lowprob.plugins.builtin.gld",
     "lowprob.plugins.builtin.constant",
-    "lowprob.plugins.builtin.splitting",
-    "lowprob.plugins.builtin.gams",
-    "lowprob.plugins.builtin.scores",
     "lowprob.plugins.builtin.models",
     "lowprob.plugins.builtin.loaders",
     "lowprob.plugins.builtin.resolvers",
     "lowprob.plugins.builtin.distributions",
-    "lowprob.plugins.builtin.planted",
     "lowprob.plugins.builtin.planted",
 )
 """Built-in plugin modules; each is registered as ``lowprob.<last part>`` (e.g.
