@@ -154,8 +154,12 @@ def _next_prefix(path: Sequence[Choice]) -> list[tuple[int, int]] | None:
 
 
 def categorical(probs: torch.Tensor, n: int, generator: torch.Generator | Enumerator) -> torch.Tensor:
-    """``n`` independent draws from each row of ``probs`` (``[K] -> [n]``, ``[B, K] -> [B, n]``); rows need
-    not be normalised."""
+    """``n`` independent draws from each row of ``probs`` (``[K] -> [n]``, ``[B, K] -> [B, n]``).
+
+    ``probs`` holds weights, not token ids: finite, non-negative floats with a positive entry in every row (rows
+    need not be normalised; zero-weight entries are never drawn). The result is int64 indices into the last
+    dimension; map them to token ids with the ids the entries stand for (``ids[index]``).
+    """
     if isinstance(generator, Enumerator):
         return generator.categorical(probs, n)
     return torch.multinomial(probs, n, replacement=True, generator=generator)
