@@ -33,10 +33,11 @@ def _check_weights(weights: torch.Tensor, what: str) -> torch.Tensor:
         raise WeightError(f"{what}: weights must be finite, got {weights.tolist()[:8]}")
     if (weights < 0).any():
         raise WeightError(f"{what}: weights must be non-negative, got {weights.tolist()[:8]}")
-    total = weights.sum()
-    if total <= 0:
+    largest = weights.max()
+    if largest <= 0:
         raise WeightError(f"{what}: weights sum to zero")
-    return weights / total
+    scaled = weights / largest  # first, so that weights near the float limit cannot sum to infinity
+    return scaled / scaled.sum()
 
 
 @dataclass(frozen=True, eq=False)

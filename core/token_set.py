@@ -46,6 +46,8 @@ class TokenSet:
         keep = w > 0
         uniq, inverse = torch.unique(id_t[keep], sorted=True, return_inverse=True)
         merged = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inverse, w[keep])
+        if not torch.isfinite(merged).all():
+            raise WeightError(f"{what}: the weights of a repeated token add up to more than the largest float")
         return TokenSet(uniq, merged)
 
     @property

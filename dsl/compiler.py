@@ -16,7 +16,7 @@ from lowprob.core.target import ArgmaxIn, ArgmaxIs, Target
 from lowprob.core.token_set import TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.dsl import syntax as s
-from lowprob.dsl.errors import DslError, SourceText
+from lowprob.dsl.errors import DslError, SourceText, shorten
 from lowprob.dsl.formatter import format_branch, format_set, format_spec, format_string
 from lowprob.dsl.parser import parse
 from lowprob.dsl.set_evaluation import TokenSetEvaluator
@@ -74,6 +74,8 @@ def compile_spec(
     text) is formatted and re-parsed first, so that errors can point into text.
     """
     if not spec.source:
+        if s.too_deep(spec) is not None:  # the formatter recurses into nested constructs
+            raise DslError(f"nested too deeply: more than {s.MAX_NESTING} levels", filename=spec.filename)
         spec = parse(format_spec(spec), spec.filename)
     return _Compiler(spec, vocab, dict(resolvers or {}), max_length).run()
 
@@ -109,6 +111,12 @@ class _Compiler:
         self.later: dict[str, int] = {}  # names defined further down, for "defined later" hints
 
     def run(self) -> CompiledSpec:
+        if not self.spec.statements:
+            raise DslError(
+                "the spec is empty: it defines no dist",
+                filename=self.spec.filename,
+                hint="write at least one definition, as in: dist main = BOS uniform(vocab()) * 8",
+            )
         for statement in reversed(self.spec.statements):
             self.later[statement.name] = statement.line
         for statement in self.spec.statements:
@@ -140,8 +148,6 @@ class _Compiler:
             self.token_sets[statement.name] = self.sets.evaluate(statement.expr)
         elif isinstance(statement, s.DistDef):
             blocks = self._alternatives(statement.branches, statement)
-            length = sum(b.length for b in blocks)
-            self._check_length(length, statement, f"dist {statement.name!r}")
             self.dists[statement.name] = InputDistribution(
                 tuple(blocks), self.vocab.size, source=self.spec.source, name=statement.name
             )
@@ -209,7 +215,8 @@ class _Compiler:
         lengths = [sum(block.length for block in run) for run in runs]
         if len(set(lengths)) > 1:
             shapes = "; ".join(
-                f"{format_branch(b)} is {n} token{'s' * (n != 1)}" for b, n in zip(branches, lengths, strict=True)
+                f"{shorten(format_branch(b))} is {n} token{'s' * (n != 1)}"
+                for b, n in zip(branches, lengths, strict=True)
             )
             raise self.source.error(
                 node,
@@ -220,11 +227,21 @@ class _Compiler:
             return [Block.mixture(list(zip(weights, runs, strict=True)))]
 
     def _items(self, items: tuple[s.Item, ...]) -> list[Block]:
-        return [block for item in items for block in self._item(item)]
+        """The blocks of a sequence of items; stops at the item where it grows past the maximum length."""
+        blocks: list[Block] = []
+        length = 0
+        for item in items:
+            more = self._item(item)
+            length += sum(b.length for b in more)
+            self._check_length(length, item, "the sequence up to here")
+            blocks.extend(more)
+        return blocks
 
     def _item(self, item: s.Item) -> list[Block]:
         if isinstance(item, s.TextItem):
-            return [Block.position(Categorical.constant(i)) for i in self._encode(item)]
+            ids = self._encode(item)
+            self._check_length(len(ids), item, "this text")
+            return [Block.position(Categorical.constant(self.sets.check_id(i, item))) for i in ids]
         if isinstance(item, s.SpecialItem):
             specials = self.vocab.special_tokens
             if item.name not in specials:
@@ -242,24 +259,30 @@ class _Compiler:
             return [self._position(TokenSet(self.sets.evaluate(item.expr).ids), item)]
         if isinstance(item, s.WeightedItem):
             return [self._position(self._weighted(item), item)]
-        if isinstance(item, s.Repeat):
-            blocks = self._item(item.item)
-            self._check_length(sum(b.length for b in blocks) * item.count, item, "this repetition")
-            return blocks * item.count
+        if isinstance(item, s.Repeat):  # a chain x * 2 * 3 is unrolled, not recursed
+            chain = []
+            while isinstance(item, s.Repeat):
+                chain.append(item)
+                item = item.item
+            blocks = self._item(item)
+            for repeat in reversed(chain):
+                self._check_length(sum(b.length for b in blocks) * repeat.count, repeat, "this repetition")
+                blocks = blocks * repeat.count
+            return blocks
         return self._alternatives(item.branches, item)
 
     def _encode(self, item: s.TextItem) -> list[int]:
         try:
             ids = self.vocab.encode(item.text)
         except ValueError as exc:
-            raise self.source.error(item, f"cannot encode {format_string(item.text)}: {exc}") from None
+            raise self.source.error(item, f"cannot encode {format_string(shorten(item.text))}: {exc}") from None
         if not ids:
             raise self.source.error(
                 item,
                 "the empty string has no tokens",
                 "remove it, or write the text the position should hold",
             )
-        return [self.sets.check_id(i, item) for i in ids]
+        return ids
 
     def _name_item(self, item: s.NameItem) -> list[Block]:
         if item.name in self.dists:

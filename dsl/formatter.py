@@ -61,23 +61,35 @@ def _precedence(expr: s.SetExpr) -> int:
 
 
 def _set(expr: s.SetExpr, minimum: int) -> str:
-    text = _set_unparenthesised(expr)
+    """``expr``, parenthesised when it binds looser than ``minimum``; its left spine is walked, not recursed."""
+    spine: list[s.SetOp | s.Where] = []
+    node = expr
+    while isinstance(node, s.SetOp | s.Where):
+        spine.append(node)
+        node = node.left if isinstance(node, s.SetOp) else node.expr
+    text, below = _set_atom(node), node
+    for link in reversed(spine):
+        if isinstance(link, s.Where):
+            text = f"{_wrap(text, below, 0)} where {_filter(link.filter, 0)}"
+        else:  # left-associative: the right operand binds one level tighter
+            level = _SET_PRECEDENCE[link.op]
+            text = f"{_wrap(text, below, level)} {link.op} {_set(link.right, level + 1)}"
+        below = link
+    return _wrap(text, expr, minimum)
+
+
+def _wrap(text: str, expr: s.SetExpr, minimum: int) -> str:
     return f"({text})" if _precedence(expr) < minimum else text
 
 
-def _set_unparenthesised(expr: s.SetExpr) -> str:
+def _set_atom(expr: s.SetRef | s.RegexSet | s.ExplicitSet | s.SetCall) -> str:
     if isinstance(expr, s.SetRef):
         return expr.name
     if isinstance(expr, s.RegexSet):
         return f"/{expr.pattern}/"
     if isinstance(expr, s.ExplicitSet):
         return "{" + ", ".join(_entry(e) for e in expr.entries) + "}"
-    if isinstance(expr, s.SetCall):
-        return f"{expr.name}({', '.join(_argument(a) for a in expr.args)})"
-    if isinstance(expr, s.Where):
-        return f"{_set(expr.expr, 0)} where {_filter(expr.filter, 0)}"
-    level = _SET_PRECEDENCE[expr.op]  # left-associative: the right operand binds one level tighter
-    return f"{_set(expr.left, level)} {expr.op} {_set(expr.right, level + 1)}"
+    return f"{expr.name}({', '.join(_argument(a) for a in expr.args)})"
 
 
 def _entry(entry: s.SetEntry) -> str:
@@ -94,16 +106,30 @@ def _argument(arg: s.CallArg) -> str:
 
 
 def _filter(condition: s.Filter, minimum: int) -> str:
-    if isinstance(condition, s.BoolFilter):
-        level = _FILTER_PRECEDENCE[condition.op]
-        text = f"{_filter(condition.left, level)} {condition.op} {_filter(condition.right, level + 1)}"
-    elif isinstance(condition, s.NotFilter):
-        level = _FILTER_PRECEDENCE["not"]
-        text = f"not {_filter(condition.operand, level)}"
-    else:
-        level = _ATOM
-        text = _filter_atom(condition)
+    """``condition``, parenthesised below ``minimum``; chains of ``and``/``or`` and of ``not`` are walked."""
+    spine: list[s.BoolFilter] = []
+    node = condition
+    while isinstance(node, s.BoolFilter):
+        spine.append(node)
+        node = node.left
+    text, level = _negations(node)
+    for link in reversed(spine):
+        op_level = _FILTER_PRECEDENCE[link.op]
+        left = f"({text})" if level < op_level else text
+        text, level = f"{left} {link.op} {_filter(link.right, op_level + 1)}", op_level
     return f"({text})" if level < minimum else text
+
+
+def _negations(condition: s.Filter) -> tuple[str, int]:
+    """A filter that is not an ``and``/``or`` (an atom, or ``not`` applied to one or more times) and its level."""
+    count = 0
+    while isinstance(condition, s.NotFilter):
+        count += 1
+        condition = condition.operand
+    if count:
+        return "not " * count + _filter(condition, _FILTER_PRECEDENCE["not"]), _FILTER_PRECEDENCE["not"]
+    assert isinstance(condition, s.LenFilter | s.AffixFilter | s.MatchesFilter)
+    return _filter_atom(condition), _ATOM
 
 
 def _filter_atom(condition: s.LenFilter | s.AffixFilter | s.MatchesFilter) -> str:
@@ -138,5 +164,9 @@ def _item(item: s.Item) -> str:
     if isinstance(item, s.WeightedItem):
         return f"weighted({format_set(item.expr)}, {format_set(item.weights)})"
     if isinstance(item, s.Repeat):
-        return f"{_item(item.item)} * {item.count}"
+        counts = []
+        while isinstance(item, s.Repeat):
+            counts.append(item.count)
+            item = item.item
+        return _item(item) + "".join(f" * {n}" for n in reversed(counts))
     return f"({_branches(item.branches)})"

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import re
 from functools import cache
 from importlib.resources import files
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
 from lowprob.dsl import syntax as s
-from lowprob.dsl.errors import DslError, SourceText
+from lowprob.dsl.errors import DslError, SourceText, shorten
 from lowprob.dsl.hints import hint_for
+
+MAX_SPEC_CHARS = 100_000
+"""Longest spec text parsed (parsing costs about 10 µs per token; this keeps any spec under a second or two)."""
+MAX_NUMBER_CHARS = 100
+"""Longest number literal."""
 
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 _INTEGER = re.compile(r"[+-]?\d+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NONZERO_MANTISSA = re.compile(r"[+-]?0*\.?0*[1-9]")
 _TERMINAL_NAMES = {
     "NAME": "a name",
     "STRING": "a string",
@@ -47,19 +55,38 @@ def _lark() -> Lark:
 
 
 def parse(text: str, filename: str = "<spec>") -> s.Spec:
-    """Parse spec text into a :class:`Spec`; every problem is a DslError with its position."""
+    """Parse spec text into a :class:`Spec`; every problem is a DslError with its position.
+
+    A leading byte-order mark is ignored. Too long a text, characters that are not text (lone surrogates,
+    which is how undecodable bytes reach Python) and nesting deeper than :data:`syntax.MAX_NESTING`
+    are errors, checked before anything that could take long or recurse.
+    """
+    text = text.removeprefix("\ufeff")
     source = SourceText(text, filename)
+    if len(text) > MAX_SPEC_CHARS:
+        raise DslError(
+            f"the spec is {len(text)} characters long, more than the limit of {MAX_SPEC_CHARS}",
+            filename=filename,
+            hint="move large token lists into a token-set plugin (a resolver) and call it by name",
+        )
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        code = ord(bad.group())
+        what = f"byte 0x{code - 0xDC00:02x}" if code >= 0xDC80 else f"lone surrogate U+{code:04X}"
+        raise source.error_at_offset(bad.start(), f"{what} is not valid UTF-8 text", "write the spec as UTF-8")
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, source) from None
-    try:
-        statements = _ToSyntax(source).transform(tree)
-    except VisitError as exc:
-        if isinstance(exc.orig_exc, DslError):
-            raise exc.orig_exc from None
-        raise
-    return s.Spec(tuple(statements), source=text, filename=filename, line=1, column=1)
+    spec = s.Spec(tuple(_ToSyntax(source).transform(tree)), source=text, filename=filename, line=1, column=1)
+    deep = s.too_deep(spec)
+    if deep is not None:
+        raise source.error(
+            deep,
+            f"nested too deeply: more than {s.MAX_NESTING} levels of parentheses, brackets and operands",
+            "give the inner parts names (tokens NAME = ... or dist NAME = ...) and use the names",
+        )
+    return spec
 
 
 def _syntax_error(exc: UnexpectedInput, source: SourceText) -> DslError:
@@ -97,8 +124,8 @@ def _describe_token(token: Token) -> str:
     if token.type == "$END":
         return "end of input"
     if token.type in _TOKEN_KINDS:
-        return f"{_TOKEN_KINDS[token.type]} {token.value}"
-    return f"'{token.value}'"
+        return f"{_TOKEN_KINDS[token.type]} {shorten(token.value)}"
+    return f"'{shorten(token.value)}'"
 
 
 def decode_string(token: Token, source: SourceText) -> str:
@@ -127,17 +154,38 @@ def decode_string(token: Token, source: SourceText) -> str:
     return "".join(out)
 
 
-def _number(token: Token) -> int | float:
-    return int(token.value) if _INTEGER.fullmatch(token.value) else float(token.value)
-
-
-@v_args(inline=True)
-class _ToSyntax(Transformer[Token, Any]):
+class _ToSyntax:
     """Builds syntax nodes from lark's tree; each node is positioned at a token of its construct."""
 
     def __init__(self, source: SourceText) -> None:
-        super().__init__()
         self.source = source
+
+    def transform(self, tree: Tree[Token]) -> Any:
+        """The syntax of ``tree``, built bottom-up without recursion (so any depth is safe)."""
+        order, stack = [], [tree]
+        while stack:  # pre-order; reversed, every node comes after all of its children
+            node = stack.pop()
+            order.append(node)
+            stack.extend(c for c in node.children if isinstance(c, Tree))
+        built: dict[int, Any] = {}
+        for node in reversed(order):
+            args = [built.pop(id(c)) if isinstance(c, Tree) else c for c in node.children]
+            built[id(node)] = getattr(self, node.data)(*args)
+        return built[id(tree)]
+
+    def _number(self, token: Token) -> int | float:
+        """A NUMBER literal's value; one too long, too large for a float or rounding to 0 is an error."""
+        text = token.value
+        problem = None
+        if len(text) > MAX_NUMBER_CHARS:
+            problem = f"a number literal of {len(text)} characters is too long"
+        elif math.isinf(float(text)):
+            problem = f"the number {shorten(text)} is too large (the largest is about 1.8e308)"
+        elif float(text) == 0 and _NONZERO_MANTISSA.match(text):
+            problem = f"the number {shorten(text)} is too small: it rounds to 0"
+        if problem is not None:
+            raise self.source.error_at(token.line, token.column, problem)
+        return int(text) if _INTEGER.fullmatch(text) else float(text)
 
     @staticmethod
     def _at(token: Token | s.Node) -> dict[str, int]:
@@ -157,7 +205,7 @@ class _ToSyntax(Transformer[Token, Any]):
         return decode_string(token, self.source)
 
     def _integer(self, token: Token, what: str, minimum: int) -> int:
-        value = _number(token)
+        value = self._number(token)
         if not isinstance(value, int) or value < minimum:
             bound = "a positive" if minimum > 0 else "a non-negative"
             raise self.source.error_at(token.line, token.column, f"{what} must be {bound} integer, got {token.value}")
@@ -200,13 +248,13 @@ class _ToSyntax(Transformer[Token, Any]):
 
     def set_entry(self, token: Token, weight: Token | None) -> s.SetEntry:
         value = self._string(token) if token.type == "STRING" else self._integer(token, "a token id", minimum=0)
-        return s.SetEntry(value, None if weight is None else _number(weight), **self._at(token))
+        return s.SetEntry(value, None if weight is None else self._number(weight), **self._at(token))
 
     def call(self, name: Token, *args: s.CallArg | None) -> s.SetCall:
         return s.SetCall(self._name(name), tuple(a for a in args if a is not None), **self._at(name))
 
     def number_arg(self, token: Token) -> s.NumberArg:
-        return s.NumberArg(_number(token), **self._at(token))
+        return s.NumberArg(self._number(token), **self._at(token))
 
     def string_arg(self, token: Token) -> s.StringArg:
         return s.StringArg(self._string(token), **self._at(token))
@@ -219,7 +267,7 @@ class _ToSyntax(Transformer[Token, Any]):
         return s.NotFilter(operand, **self._at(keyword))
 
     def len_filter(self, keyword: Token, op: Token, value: Token) -> s.LenFilter:
-        return s.LenFilter(op.value, _number(value), **self._at(keyword))
+        return s.LenFilter(op.value, self._number(value), **self._at(keyword))
 
     def affix_filter(self, keyword: Token, text: Token) -> s.AffixFilter:
         return s.AffixFilter(keyword.value, self._string(text), **self._at(keyword))
@@ -235,7 +283,7 @@ class _ToSyntax(Transformer[Token, Any]):
         *items, weight = parts
         return s.Branch(
             tuple(items),
-            None if weight is None else _number(weight),
+            None if weight is None else self._number(weight),
             **self._at(items[0]),
         )
 

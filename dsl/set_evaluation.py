@@ -15,8 +15,9 @@ from lowprob.core.errors import LowprobError
 from lowprob.core.token_set import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary, token_strings
 from lowprob.dsl import syntax as s
-from lowprob.dsl.errors import SourceText
+from lowprob.dsl.errors import SourceText, shorten
 from lowprob.dsl.formatter import format_number, format_string
+from lowprob.dsl.regex_scan import SCAN_SECONDS, compile_pattern, search_all
 
 BUILTINS = ("top", "vocab")
 """Functions every spec can call; they take precedence over injected resolvers of the same name."""
@@ -64,11 +65,26 @@ class TokenSetEvaluator:
         return table
 
     def evaluate(self, expr: s.SetExpr) -> TokenSet:
-        """The token set ``expr`` denotes; an empty one is an error at the node that produced it."""
-        result, reason = self._evaluate(expr)
-        if len(result) == 0:
-            raise self.source.error(expr, f"empty token set: {reason}", _EMPTY_HINT)
+        """The token set ``expr`` denotes; an empty one is an error at the node that produced it.
+
+        A chain of operators (``a | b - c ...``, ``a where ... where ...``) is folded from its left end
+        iteratively; only right operands recurse, and their depth is bounded by the parser.
+        """
+        spine: list[s.SetOp | s.Where] = []
+        node = expr
+        while isinstance(node, s.SetOp | s.Where):
+            spine.append(node)
+            node = node.left if isinstance(node, s.SetOp) else node.expr
+        result = self._nonempty(*self._leaf(node), node)
+        for link in reversed(spine):
+            step = self._where(result, link) if isinstance(link, s.Where) else self._algebra(result, link)
+            result = self._nonempty(*step, link)
         return result
+
+    def _nonempty(self, tokens: TokenSet, reason: str, node: s.SetExpr) -> TokenSet:
+        if len(tokens) == 0:
+            raise self.source.error(node, f"empty token set: {reason}", _EMPTY_HINT)
+        return tokens
 
     def token_id(self, text: str, node: s.Node) -> int:
         """The single token whose string is (or encodes from) ``text``, else a DslError."""
@@ -79,15 +95,15 @@ class TokenSetEvaluator:
         except ValueError as exc:
             raise self.source.error(
                 node,
-                f"{format_string(text)} is not a token",
+                f"{format_string(shorten(text))} is not a token",
                 f"the vocabulary cannot encode it: {exc}",
             ) from None
         if len(ids) == 1:
             return ids[0]
-        pieces = " ".join(format_string(self._strings[i]) for i in ids)
+        pieces = " ".join(format_string(self._strings[i]) for i in ids[:8]) + (" ..." if len(ids) > 8 else "")
         raise self.source.error(
             node,
-            f"{format_string(text)} is not a single token",
+            f"{format_string(shorten(text))} is not a single token",
             f"it tokenizes as {pieces} ({len(ids)} tokens)",
         )
 
@@ -100,25 +116,22 @@ class TokenSetEvaluator:
             )
         return token_id
 
-    def _evaluate(self, expr: s.SetExpr) -> tuple[TokenSet, str]:
-        """The set and, for when it is empty, why."""
+    def _leaf(self, expr: s.SetRef | s.RegexSet | s.ExplicitSet | s.SetCall) -> tuple[TokenSet, str]:
+        """The set an operand that is not an operator denotes and, for when it is empty, why."""
         if isinstance(expr, s.SetRef):
             return self._lookup(expr), f"{expr.name} is empty"
         if isinstance(expr, s.RegexSet):
-            keep = self._predicate(_regex_test(self._regex(expr.pattern, expr)))
-            return TokenSet(self._plain_ids[keep]), f"/{expr.pattern}/ matches no token"
+            keep = self._matching(self._regex(expr.pattern, expr), self._plain_ids, expr)
+            return TokenSet(self._plain_ids[keep]), f"/{shorten(expr.pattern)}/ matches no token"
         if isinstance(expr, s.ExplicitSet):
             return self._explicit(expr), "{} has no entries"
-        if isinstance(expr, s.SetCall):
-            return self._call(expr), f"{expr.name}() returned no tokens"
-        if isinstance(expr, s.Where):
-            base = self.evaluate(expr.expr)
-            keep = self._predicate(self._filter(expr.filter), base.ids)
-            return _subset(base, keep), "no token passes the filter"
-        return self._algebra(expr)
+        return self._call(expr), f"{expr.name}() returned no tokens"
 
-    def _algebra(self, expr: s.SetOp) -> tuple[TokenSet, str]:
-        left, right = self.evaluate(expr.left), self.evaluate(expr.right)
+    def _where(self, base: TokenSet, expr: s.Where) -> tuple[TokenSet, str]:
+        return _subset(base, self._passing(expr.filter, base.ids)), "no token passes the filter"
+
+    def _algebra(self, left: TokenSet, expr: s.SetOp) -> tuple[TokenSet, str]:
+        right = self.evaluate(expr.right)
         if expr.op == "-":
             return _subset(left, ~torch.isin(left.ids, right.ids)), "the difference is empty"
         if expr.op == "&":
@@ -137,38 +150,65 @@ class TokenSetEvaluator:
             return TokenSet.of(ids), "the union is empty"
         return TokenSet.of(ids, torch.cat([left.weights, right.weights])), "the union is empty"
 
-    def _predicate(self, test: Callable[[str], bool], ids: torch.Tensor | None = None) -> torch.Tensor:
-        """A mask over ``ids`` (default: the non-special ids) of the tokens passing ``test``."""
-        ids = self._plain_ids if ids is None else ids
+    def _test(self, test: Callable[[str], bool], ids: torch.Tensor) -> torch.Tensor:
+        """A mask over ``ids`` of the tokens whose string passes ``test``."""
         return torch.tensor([test(self._strings[i]) for i in ids.tolist()], dtype=torch.bool)
+
+    def _matching(
+        self, pattern: re.Pattern[str], ids: torch.Tensor, node: s.RegexSet | s.MatchesFilter
+    ) -> torch.Tensor:
+        """A mask over ``ids`` of the tokens containing a match, scanned under a time limit."""
+        try:
+            found = search_all(pattern, [self._strings[i] for i in ids.tolist()])
+        except TimeoutError:
+            raise self.source.error(
+                node,
+                f"the regular expression /{shorten(pattern.pattern)}/ took more than {SCAN_SECONDS:g} s "
+                "to match the vocabulary",
+                "it backtracks catastrophically: avoid nested or overlapping repetition such as (a+)+ or (a|aa)+",
+            ) from None
+        return torch.tensor(found, dtype=torch.bool)
 
     def _regex(self, pattern: str, node: s.RegexSet | s.MatchesFilter) -> re.Pattern[str]:
         try:
-            return re.compile(pattern)
+            return compile_pattern(pattern)
         except re.error as exc:
             # the node starts at the opening slash; point at the offending character of the pattern
             raise self.source.error(node, f"invalid regular expression: {exc.msg}", offset=1 + (exc.pos or 0)) from None
 
-    def _filter(self, condition: s.Filter) -> Callable[[str], bool]:
+    def _passing(self, condition: s.Filter, ids: torch.Tensor) -> torch.Tensor:
+        """A mask over ``ids`` of the tokens passing ``condition``.
+
+        ``and``/``or`` short-circuit: the right operand sees only the tokens the left leaves undecided.
+        Chains of ``and``/``or`` and of ``not`` are walked iteratively.
+        """
+        spine: list[s.BoolFilter] = []
+        node = condition
+        while isinstance(node, s.BoolFilter):
+            spine.append(node)
+            node = node.left
+        negate = False
+        while isinstance(node, s.NotFilter):
+            negate, node = not negate, node.operand
+        mask = self._passing(node, ids) if isinstance(node, s.BoolFilter) else self._atom(node, ids)
+        if negate:
+            mask = ~mask
+        for link in reversed(spine):
+            undecided = mask.clone() if link.op == "and" else ~mask
+            if bool(undecided.any()):
+                mask[undecided] = self._passing(link.right, ids[undecided])
+        return mask
+
+    def _atom(self, condition: s.LenFilter | s.AffixFilter | s.MatchesFilter, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(condition, s.LenFilter):
             compare, bound = _COMPARE[condition.op], condition.value
-            return lambda text: compare(len(text), bound)
+            return self._test(lambda text: compare(len(text), bound), ids)
         if isinstance(condition, s.AffixFilter):
             affix = condition.text
-            return (
-                (lambda text: text.startswith(affix))
-                if condition.kind == "startswith"
-                else (lambda text: text.endswith(affix))
-            )
-        if isinstance(condition, s.MatchesFilter):
-            return _regex_test(self._regex(condition.pattern, condition))
-        if isinstance(condition, s.NotFilter):
-            inner = self._filter(condition.operand)
-            return lambda text: not inner(text)
-        left, right = self._filter(condition.left), self._filter(condition.right)
-        if condition.op == "and":
-            return lambda text: left(text) and right(text)
-        return lambda text: left(text) or right(text)
+            if condition.kind == "startswith":
+                return self._test(lambda text: text.startswith(affix), ids)
+            return self._test(lambda text: text.endswith(affix), ids)
+        return self._matching(self._regex(condition.pattern, condition), ids, condition)
 
     def _explicit(self, expr: s.ExplicitSet) -> TokenSet:
         weighted = [e.weight is not None for e in expr.entries]
@@ -251,10 +291,6 @@ class TokenSetEvaluator:
         keep = torch.zeros(len(base), dtype=torch.bool)
         keep[order] = True
         return _subset(base, keep)
-
-
-def _regex_test(pattern: re.Pattern[str]) -> Callable[[str], bool]:
-    return lambda text: pattern.search(text) is not None
 
 
 def _subset(tokens: TokenSet, keep: torch.Tensor) -> TokenSet:

@@ -6,7 +6,8 @@ compare equal when they say the same thing, wherever it was written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from typing import Literal as TypingLiteral
 
 KEYWORDS = frozenset(
@@ -32,6 +33,12 @@ KEYWORDS = frozenset(
     }
 )
 """Reserved words: they cannot name a definition."""
+
+MAX_NESTING = 50
+"""Deepest nesting of constructs (parentheses, brackets, operands) a spec may have.
+
+Long chains (``a | b | c ...``, ``x * 2 * 3``, ``not not p``) do not nest: they are handled iteratively.
+"""
 
 
 @dataclass(frozen=True)
@@ -288,3 +295,41 @@ class Spec(Node):
     statements: tuple[Statement, ...]
     source: str = field(default="", compare=False, kw_only=True)
     filename: str = field(default="<spec>", compare=False, kw_only=True)
+
+
+def children(node: Node) -> Iterator[Node]:
+    """The nodes directly below ``node``, in source order."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if isinstance(value, Node):
+            yield value
+        elif isinstance(value, tuple):
+            yield from (v for v in value if isinstance(v, Node))
+
+
+def too_deep(root: Node, limit: int = MAX_NESTING) -> Node | None:
+    """The first node (outermost, leftmost) nested more than ``limit`` levels deep, or ``None``.
+
+    Iterative, so it is safe on any tree. A branch is part of its group and a chain's next link
+    (the left operand of an operator of the same family, a ``not`` under ``not``, a repetition of a
+    repetition) is on the level of the chain.
+    """
+    stack: list[tuple[Node, int]] = [(root, 0)]
+    while stack:
+        node, level = stack.pop()
+        if level > limit:
+            return node
+        below = list(children(node))
+        for index in range(len(below) - 1, -1, -1):
+            child = below[index]
+            flat = isinstance(child, Branch) or (index == 0 and _same_chain(node, child))
+            stack.append((child, level if flat else level + 1))
+    return None
+
+
+_CHAINS: tuple[tuple[type, ...], ...] = ((SetOp, Where), (BoolFilter,), (NotFilter,), (Repeat,))
+
+
+def _same_chain(parent: Node, child: Node) -> bool:
+    """Whether ``child``, the first operand of ``parent``, is the next link of the same chain."""
+    return any(isinstance(parent, family) and isinstance(child, family) for family in _CHAINS)

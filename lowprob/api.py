@@ -15,7 +15,7 @@ from lowprob.core.estimator import Estimator, EstimatorOptions, Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
 from lowprob.core.runner import run_estimator
-from lowprob.dsl import CompiledSpec, load_spec
+from lowprob.dsl import CompiledSpec, load_spec, path_exists, read_spec_file
 from lowprob.plugins import Registry, load_registry
 from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
@@ -67,8 +67,8 @@ class SpecSource:
 def resolve_spec(spec: str, registry: Registry) -> SpecSource:
     """A spec given as a file path, the name of a registered distribution, or inline DSL text."""
     path = Path(spec)
-    if "\n" not in spec and path.suffix and path.is_file():
-        return SpecSource(path.read_text(encoding="utf-8"), str(path), path.stem)
+    if "\n" not in spec and path.suffix and path_exists(path):
+        return SpecSource(read_spec_file(path), str(path), path.stem)
     known = [entry.name for entry in registry.entries("distributions")]
     if spec in known:
         return SpecSource(registry.distribution_spec(spec), f"<{spec}>", spec)

@@ -52,7 +52,7 @@ patterns = st.text(
     min_size=1,
     max_size=6,
 )
-numbers = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=False))
+numbers = st.one_of(st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False))
 token_ids = st.integers(0, 10**6)
 
 filters = st.recursive(

@@ -1,0 +1,82 @@
+"""Regular expressions matched against a whole vocabulary under a time limit.
+
+Patterns are Python ``re`` patterns (that is the spec language's dialect). A pattern that backtracks
+catastrophically (``(a|aa)+c``) can take longer than the universe's age on one token, so every scan runs
+under a deadline: on the main thread an interval timer interrupts ``re`` (its matcher checks for signals);
+on other threads, where signals cannot be delivered, the scan uses the ``regex`` package, which takes a
+``timeout`` and follows ``re``'s semantics in its ``VERSION0`` mode.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+import regex
+
+SCAN_SECONDS = 1.0
+"""Longest time one regular expression may take to scan the vocabulary."""
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """``re.compile(pattern)``; a pattern nested too deeply for ``re``'s parser is an ``re.error`` too."""
+    try:
+        return re.compile(pattern)
+    except RecursionError:
+        raise re.error("the pattern is nested too deeply", pattern, 0) from None
+
+
+def search_all(pattern: re.Pattern[str], texts: Sequence[str], seconds: float = SCAN_SECONDS) -> list[bool]:
+    """Whether each of ``texts`` contains a match; ``TimeoutError`` when that takes over ``seconds``."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _search_with_timer(pattern, texts, seconds)
+    return _search_with_timeouts(pattern, texts, seconds)
+
+
+class _Expired(Exception):
+    """Raised by the timer's signal handler while a scan is running."""
+
+
+class _Timer:
+    """An ITIMER_REAL deadline whose handler interrupts only while ``armed`` (no stray raise after the scan)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.armed:
+            raise _Expired
+
+
+def _search_with_timer(pattern: re.Pattern[str], texts: Sequence[str], seconds: float) -> list[bool]:
+    timer = _Timer()
+    previous = signal.signal(signal.SIGALRM, timer)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    timer.armed = True
+    try:
+        return [pattern.search(text) is not None for text in texts]
+    except _Expired:
+        raise TimeoutError(f"scanning took more than {seconds:g} s") from None
+    finally:
+        timer.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        if outer_delay > 0:  # give back a timer someone else had armed, less the time spent here
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
+
+
+def _search_with_timeouts(pattern: re.Pattern[str], texts: Sequence[str], seconds: float) -> list[bool]:
+    compiled = regex.compile(pattern.pattern, pattern.flags | regex.VERSION0)
+    deadline = time.monotonic() + seconds
+    out = []
+    for text in texts:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"scanning took more than {seconds:g} s")
+        out.append(compiled.search(text, timeout=left) is not None)
+    return out
