@@ -1,27 +1,43 @@
 """mkdocs hook: lay out the ``lowprob`` import package for griffe, which reads sources without importing them.
 
 ``lowprob.core``, ``lowprob.dsl`` and ``lowprob.plugins`` live in top-level folders (``package-dir`` in
-pyproject.toml), a mapping griffe cannot follow; this hook builds ``build/griffe/lowprob`` from symlinks before
-every build, so a new module appears in the API reference without touching this file.
+pyproject.toml), a mapping griffe cannot follow; before every build this hook assembles ``lowprob/`` from
+symlinks in a fresh temporary folder and points mkdocstrings there, so a new module appears in the API reference
+without touching this file and builds running side by side do not share the folder.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.plugins import event_priority
+
 ROOT = Path(__file__).resolve().parents[2]
-LAYOUT = ROOT / "build" / "griffe" / "lowprob"
 SUBPACKAGES = ("core", "dsl", "plugins")
+_layouts: list[Path] = []
 
 
-def on_startup(**kwargs: Any) -> None:
-    """Rebuild the symlinked package: every entry of ``lowprob/`` plus the three subpackage folders."""
-    shutil.rmtree(LAYOUT, ignore_errors=True)
-    LAYOUT.mkdir(parents=True)
+@event_priority(50)  # before mkdocstrings' own on_config, which creates the Python handler with its paths
+def on_config(config: MkDocsConfig, **kwargs: Any) -> MkDocsConfig:
+    """Assemble the symlinked package (every entry of ``lowprob/`` plus the subpackage folders) and search it."""
+    search = Path(tempfile.mkdtemp(prefix="lowprob-griffe-"))
+    _layouts.append(search)
+    package = search / "lowprob"
+    package.mkdir()
     for entry in (ROOT / "lowprob").iterdir():
         if entry.name != "__pycache__":
-            (LAYOUT / entry.name).symlink_to(entry)
+            (package / entry.name).symlink_to(entry)
     for name in SUBPACKAGES:
-        (LAYOUT / name).symlink_to(ROOT / name)
+        (package / name).symlink_to(ROOT / name)
+    config.plugins["mkdocstrings"].config.handlers["python"]["paths"] = [str(search)]
+    return config
+
+
+def on_shutdown(**kwargs: Any) -> None:
+    """Remove the temporary layouts."""
+    while _layouts:
+        shutil.rmtree(_layouts.pop(), ignore_errors=True)
