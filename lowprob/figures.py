@@ -57,15 +57,16 @@ def _scatter_panel(ax: Axes, panel: ScatterPanel) -> None:
     clip = [min(max(q, 10.0**low), 10.0**high) for q in panel.raw]  # beyond the axes: drawn on the edge
     ax.scatter([p for p, q in zip(truth, panel.raw, strict=True) if q > 0],
                [c for c, q in zip(clip, panel.raw, strict=True) if q > 0],
-               s=14, facecolors="none", edgecolors="#999", label="raw")
+               s=14, facecolors="none", edgecolors="#999", clip_on=False, label="raw")
     if fitted:
         ax.scatter([p for p, q in zip(truth, fitted, strict=True) if q > 0],
                    [min(max(q, 10.0**low), 10.0**high) for q in fitted if q > 0],
-                   s=12, color="#1f77b4", alpha=0.75, label="fitted")
+                   s=12, color="#1f77b4", alpha=0.75, clip_on=False, label="fitted")
     zeros = [p for p, q in zip(truth, panel.raw, strict=True) if q <= 0]
     if zeros:
-        ax.scatter(zeros, [-0.08] * len(zeros), transform=ax.get_xaxis_transform(), marker="x", color="#d62728",
+        ax.scatter(zeros, [-0.05] * len(zeros), transform=ax.get_xaxis_transform(), marker="x", color="#d62728",
                    clip_on=False, label="zero estimate")
+        ax.tick_params(axis="x", pad=12)  # room for the zeros between the axis and its labels
     ax.set_title(f"{panel.title}\n{panel.note}" if panel.note else panel.title, fontsize=9)
     ax.grid(True, which="major", color="#eee")
 
@@ -125,7 +126,8 @@ def loss_bars(title: str, groups: Sequence[str], series: Sequence[str],
     ax.set_ylim(0, top * 1.08)
     ax.set_ylabel(y_label)
     ax.set_title(title, fontweight="bold")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return figure
 
 

@@ -152,11 +152,10 @@ def check_writable(path: Path | str) -> None:
     Refuses an empty path, a folder, something that is not a regular file, a file that cannot be opened for
     writing, and a new file whose nearest existing parent folder does not let a file be created in it.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise LowprobError(f"results file {str(path) or '.'!r} is a folder; name a file such as results.jsonl")
-    probe = path
+    path, probe = Path(path), Path(path)
     try:
+        if path.is_dir():
+            raise LowprobError(f"results file {str(path) or '.'!r} is a folder; name a file such as results.jsonl")
         if path.exists():
             if not path.is_file():
                 raise LowprobError(f"results file {path} is not a regular file")

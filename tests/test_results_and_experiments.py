@@ -209,3 +209,52 @@ def test_paper_budget_preset_resolves_per_estimator(tmp_path: Path, registry) ->
     assert {job.spec.budget.backward_weight for job in exp.jobs} == {0.0}
     row = next(experiments.run(exp, registry))
     assert row.estimate is not None and row.estimate.forward_passes == 2**16
+
+
+@pytest.mark.parametrize(("old", "new", "duplicate"), [
+    ("seeds = [0]", "seeds = [0, 0]", "seeds lists 0 twice"),
+    ('output = "out/results.jsonl"', 'output = "out/results.jsonl"\nmodels = ["tiny", "tiny"]', "models lists 'tiny'"),
+    ('targets = ["c", ', 'targets = ["c", "c", ', "targets lists 'c' twice"),
+    ("[[budgets]]\nmodel_calls = 300", "[[budgets]]\nmodel_calls = 300\n[[budgets]]\nmodel_calls = 300",
+     "budgets lists .*300.* twice"),
+    ("[[estimators]]", "[[distributions]]\nname = 'letters'\ntext = 'dist main = \"a\"'\ntargets = ['argmax == \"a\"']"
+     "\n[[estimators]]", "distributions \\(by name\\) lists 'letters' twice"),
+])
+def test_duplicate_plan_entries_are_rejected_by_name(tmp_path: Path, registry, old: str, new: str,  # type: ignore[no-untyped-def]
+                                                    duplicate: str) -> None:
+    """Issue 12 defect 10: `seeds = [0, 0]` (or a repeated model, target, budget, distribution) wrote two rows
+    under one key and the summary reported `runs 2`."""
+    path = _write_experiment(tmp_path, seeds=1)
+    assert old in path.read_text()
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(LowprobError, match=f"{path}: {duplicate}"):
+        experiments.plan(path, registry)
+
+
+@pytest.mark.parametrize(("output", "message"), [
+    ('""', "is a folder"), ('"."', "is a folder"), ('"out"', "is a folder"),
+    ('"/proc/lowprob.jsonl"', "cannot write results file"),
+])
+def test_unwritable_experiment_outputs_fail_in_the_dry_run(tmp_path: Path, registry, output: str,  # type: ignore[no-untyped-def]
+                                                           message: str) -> None:
+    """Issue 12 defect 9: `output = ""` or `"."` crashed even in --dry-run; /proc passed it and failed later."""
+    (tmp_path / "out").mkdir()
+    path = _write_experiment(tmp_path)
+    path.write_text(path.read_text().replace('output = "out/results.jsonl"', f"output = {output}"))
+    with pytest.raises(LowprobError, match=f"{path}: output: .*{message}"):
+        experiments.open_results(experiments.plan(path, registry))
+    with pytest.raises(LowprobError, match="is a folder; name a TOML file"):
+        experiments.plan(tmp_path, registry)
+
+
+def test_a_complete_last_row_without_newline_is_not_lost_on_resume(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 defect 13: with rows pending, a complete last row lacking its newline was counted as done, then
+    deleted by the partial-tail trim: the run exited 0 with a row missing."""
+    exp = experiments.plan(_write_experiment(tmp_path), registry)
+    for count, _ in enumerate(experiments.run(exp, registry), start=1):
+        if count == 3:
+            break
+    exp.output.write_bytes(exp.output.read_bytes().rstrip(b"\n"))
+    assert len(list(experiments.run(exp, registry))) == 3
+    rows = read_results(exp.output)
+    assert len(rows) == 6 and {r.key for r in rows} == {job.key for job in exp.jobs}
