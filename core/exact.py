@@ -213,9 +213,14 @@ class KnownAnswerSource(Protocol):
 
 def enumerate_probability(distribution: InputDistribution, holds: Callable[[torch.Tensor], torch.Tensor],
                           limit: int = 1_000_000) -> Fraction:
-    """``Pr[holds(x)]`` by listing every sequence of a small distribution (an independent check of the DP)."""
+    """``Pr[holds(x)]`` by listing every sequence of a small distribution (an independent check of the DP); exact
+    for the enumerated float64 sequence probabilities."""
     rows, probs = distribution.enumerate(limit)
-    mask = holds(rows)
-    return sum((Fraction(float(p)) for p in probs[mask].tolist()), Fraction(0)) / sum(
-        (Fraction(float(p)) for p in probs.tolist()), Fraction(0))
+    return _exact_sum(probs[holds(rows)].tolist()) / _exact_sum(probs.tolist())
 
+
+def _exact_sum(values: Sequence[float]) -> Fraction:
+    """The exact sum of floats (dyadic rationals), with one integer addition each."""
+    ratios = [v.as_integer_ratio() for v in values]
+    denominator = max((d for _, d in ratios), default=1)
+    return Fraction(sum(n * (denominator // d) for n, d in ratios), denominator)
