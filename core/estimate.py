@@ -21,6 +21,9 @@ class ConfidenceInterval(BaseModel):
     """Confidence level, e.g. 0.95."""
     method: str
     """How it was computed, a label such as ``clopper-pearson`` (the estimator's page says which it uses)."""
+    coverage: bool = True
+    """``False`` for a fit interval (activation extrapolation): it shows the fit's own uncertainty, not a promise
+    to contain p with probability ``level``."""
 
 
 class TracePoint(BaseModel):
@@ -98,6 +101,8 @@ class Estimate(BaseModel):
             head = f"p ≈ {self.value:.3e}"
             if self.ci is not None:
                 head += f"  {level} CI [{self.ci.low:.3e}, {self.ci.high:.3e}]"
+                if not self.ci.coverage:
+                    head += " (fit interval, not a coverage guarantee)"
             if self.std_error is not None:
                 head += f"  ± {self.std_error:.2e} (s.e.)"
             head += f"  hits {self.hits}/{self.samples}"

@@ -141,6 +141,10 @@ class Estimator(ABC, Generic[S]):
         """Model calls needed for the smallest useful step (one forward pass by default)."""
         return 1.0 + (backward_weight if self.capabilities.needs_gradients else 0.0)
 
+    def budget_advice(self, model_calls: float, backward_weight: float) -> str:
+        """What to change when ``model_calls`` is less than :meth:`min_step_calls` (ends the budget error)."""
+        return f"give it at least {math.ceil(self.min_step_calls(backward_weight))} model calls"
+
     def check_problem(self, problem: Problem) -> None:
         """Raise a clear error when this estimator cannot handle ``problem``."""
         if self.capabilities.needs_factorized and not problem.distribution.is_factorized:

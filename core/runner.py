@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -12,8 +13,9 @@ import torch
 from lowprob.core.budget import Budget
 from lowprob.core.errors import BudgetError, WeightError
 from lowprob.core.estimate import Estimate, Provenance, TracePoint
-from lowprob.core.estimator import Estimator, Problem, StepContext
+from lowprob.core.estimator import Estimator, EstimatorOutput, Problem, StepContext
 from lowprob.core.progress import progress_bar
+from lowprob.core.random import check_seed
 
 MAX_TRACE = 512
 """Trace points kept per estimate; older points are thinned evenly beyond this."""
@@ -26,6 +28,23 @@ def _thin(trace: list[TracePoint]) -> list[TracePoint]:
     return trace[::stride] + ([trace[-1]] if (len(trace) - 1) % stride else [])
 
 
+def _checked(name: str, out: EstimatorOutput) -> EstimatorOutput:
+    """``out`` validated and clipped to [0, 1] once, here, for every estimator: finite and non-negative, a zero
+    always with its upper bound, value and interval cut at 1 (the raw value kept as ``unclipped_value``)."""
+    if not (math.isfinite(out.value) and out.value >= 0):
+        raise WeightError(f"estimator {name!r} produced an invalid estimate {out.value!r}")
+    if out.std_error is not None and not math.isfinite(out.std_error):
+        raise WeightError(f"estimator {name!r} produced an invalid standard error {out.std_error!r}")
+    ci = out.ci
+    if out.value == 0 and (ci is None or not math.isfinite(ci.high)):
+        raise WeightError(f"estimator {name!r} returned a zero estimate without an upper bound; a zero must carry "
+                          "a confidence interval whose upper end bounds p")
+    diagnostics = {**out.diagnostics, "unclipped_value": out.value} if out.value > 1 else out.diagnostics
+    if ci is not None and not (0 <= ci.low <= ci.high <= 1):
+        ci = ci.model_copy(update={"low": min(max(ci.low, 0.0), 1.0), "high": min(max(ci.high, 0.0), 1.0)})
+    return replace(out, value=min(out.value, 1.0), ci=ci, diagnostics=diagnostics)
+
+
 def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, seed: int, *,
                   level: float = 0.95, progress: bool | None = None,
                   provenance: dict[str, Any] | None = None, generator: torch.Generator | None = None) -> Estimate:
@@ -35,12 +54,14 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
     distribution, estimator options and budget give the same estimate (except for a ``seconds`` budget).
     ``generator`` replaces that one (the conformance kit passes a ``lowprob.core.random.Enumerator`` here).
     """
+    check_seed(seed)
     estimator.check_problem(problem)
     need = estimator.min_step_calls(budget.backward_weight)
     if budget.model_calls is not None and budget.model_calls < need:
         raise BudgetError(
             f"a budget of {budget.model_calls} model calls is less than one step of estimator "
-            f"{estimator.name!r} needs ({need:g})")
+            f"{estimator.name!r} needs ({need:g}): "
+            f"{estimator.budget_advice(budget.model_calls, budget.backward_weight)}")
     generator = torch.Generator().manual_seed(seed) if generator is None else generator
     meter = problem.model
     start_cost = meter.cost
@@ -77,11 +98,7 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
                                   f"against a budget of {budget.model_calls}")
     finally:
         bar.close()
-    out = estimator.result(state, problem, level)
-    if not (math.isfinite(out.value) and out.value >= 0):
-        raise WeightError(f"estimator {estimator.name!r} produced an invalid estimate {out.value!r}")
-    if out.std_error is not None and not math.isfinite(out.std_error):
-        raise WeightError(f"estimator {estimator.name!r} produced an invalid standard error {out.std_error!r}")
+    out = _checked(estimator.name, estimator.result(state, problem, level))
     spent = meter.cost - start_cost
     info = dict(provenance or {})
     prov = Provenance(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from scipy import stats
+from scipy import optimize, stats
 
 from lowprob.core.errors import LowprobError
 
@@ -52,7 +53,7 @@ def normal_interval(value: float, std_error: float, level: float = 0.95) -> tupl
 
 def importance_sampling_interval(value: float, std_error: float | None, hits: int, samples: int,
                                  log_max_weight: float, level: float = 0.95) -> tuple[float, float, str]:
-    """``(low, high, method)`` for an importance-sampling estimate p̂ = mean(w·1[hit]) with x ~ q.
+    """``(low, high, method)`` for an importance-sampling estimate p̂ = mean(w·1[hit]) with x ~ q (one fixed q).
 
     With hits: the normal interval. With none: p = E_q[w·1[hit]] ≤ W·Pr_q[hit] for W the largest possible
     weight, so the exact Clopper–Pearson bound on Pr_q[hit], scaled by W (capped at 1), bounds p.
@@ -60,8 +61,28 @@ def importance_sampling_interval(value: float, std_error: float | None, hits: in
     if hits:
         low, high = normal_interval(value, std_error or 0.0, level)
         return low, high, "normal"
-    q_high = clopper_pearson(0, samples, level)[1]
-    return 0.0, math.exp(min(0.0, log_max_weight + math.log(q_high))), "clopper-pearson x max weight"
+    return 0.0, adaptive_zero_hit_bound([(samples, log_max_weight)], level), "clopper-pearson x max weight"
+
+
+def adaptive_zero_hit_bound(batches: Sequence[tuple[int, float]], level: float = 0.95) -> float:
+    """Upper confidence bound on p when adaptive importance sampling saw no hit: ``batches`` holds, per batch,
+    its draws n_b and the log of its proposal's largest weight W_b = max_x D(x)/q_b(x), fixed before it drew.
+
+    p = E_{q_b}[w·1[hit]] ≤ W_b·Pr_{q_b}[hit], so each draw of batch b hits with probability at least p/W_b
+    whatever came before, and Pr[no hit] ≤ Π_b (1 − p/W_b)^{n_b} (a non-negative martingale argument covers
+    the adaptivity). The bound solves Π_b (1 − p/W_b)^{n_b} = (1 − level)/2; with every W_b = 1 (q = D) it is
+    the exact Clopper–Pearson bound, and one batch of n_b draws from D never lets it exceed theirs.
+    """
+    _check_level(level)
+    log_tail = math.log((1 - level) / 2)
+    counts = [(n, math.exp(-log_w)) for n, log_w in batches if n > 0]
+
+    def log_no_hit(p: float) -> float:
+        return math.fsum(n * math.log1p(-p * inverse) if p * inverse < 1 else -math.inf for n, inverse in counts)
+
+    if not counts or log_no_hit(1.0) >= log_tail:
+        return 1.0
+    return float(optimize.brentq(lambda p: log_no_hit(p) - log_tail, 0.0, 1.0, xtol=1e-300, rtol=1e-12))
 
 
 @dataclass(frozen=True)

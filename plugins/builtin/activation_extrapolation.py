@@ -28,11 +28,13 @@ from lowprob.core.estimator import (
     StepInfo,
 )
 from lowprob.core.random import integers
+from lowprob.core.stats import clopper_pearson
 from lowprob.plugins.fits import ExtrapolationFit, FitResult
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar, Registry
 
-INTERVAL_METHOD = "log-normal (fit standard error)"
+INTERVAL_METHOD = "fit interval: log-normal from the fit's standard error, not a coverage guarantee"
+ZERO_METHOD = "clopper-pearson on the direct draws from D (the fit found no hit)"
 
 
 class ExtrapolationOptions(EstimatorOptions):
@@ -94,24 +96,31 @@ class ExtrapolationEstimator(Estimator[ActivationSample]):
         if not isinstance(fitted, FitResult):
             raise LowprobError(f"extrapolation fit {self.fit_name!r} returned {type(fitted).__name__}, "
                                "not a FitResult")
+        ci = _interval(fitted, state.hits, state.samples, level)
         return EstimatorOutput(
             value=fitted.value,
-            std_error=fitted.std_error,
-            ci=_interval(fitted, level),
+            std_error=fitted.std_error if fitted.value > 0 else None,
+            ci=ci,
             hits=state.hits,
             samples=state.samples,
-            diagnostics={**fitted.diagnostics, "fit": self.fit_name, "direct_hits": state.hits},
+            diagnostics={**fitted.diagnostics, "fit": self.fit_name, "direct_hits": state.hits,
+                         "interval_kind": "fit" if ci is not None and not ci.coverage else "direct samples"},
         )
 
 
-def _interval(fitted: FitResult, level: float) -> ConfidenceInterval | None:
-    """``value · exp(±z · s.e./value)``: the normal interval of log p̂ by the delta method, so it stays
-    positive across orders of magnitude; ``None`` without a standard error or for a zero estimate."""
-    if fitted.std_error is None or fitted.value <= 0:
+def _interval(fitted: FitResult, hits: int, samples: int, level: float) -> ConfidenceInterval | None:
+    """The fit's interval ``value · exp(±z · s.e./value)`` (the delta method on log p̂, so it stays positive
+    across orders of magnitude), marked as carrying no coverage guarantee; ``None`` without a standard error.
+    A zero fit gets the exact Clopper–Pearson bound of the ``hits`` among the ``samples`` direct draws from D."""
+    if fitted.value <= 0:
+        return ConfidenceInterval(low=0.0, high=clopper_pearson(hits, samples, level)[1], level=level,
+                                  method=ZERO_METHOD)
+    if fitted.std_error is None:
         return None
     spread = float(stats.norm.ppf(0.5 + level / 2)) * fitted.std_error / fitted.value
-    return ConfidenceInterval(low=fitted.value * math.exp(-spread), high=min(1.0, fitted.value * math.exp(spread)),
-                              level=level, method=INTERVAL_METHOD)
+    log_value = math.log(fitted.value)
+    return ConfidenceInterval(low=math.exp(log_value - spread), high=math.exp(min(0.0, log_value + spread)),
+                              level=level, method=INTERVAL_METHOD, coverage=False)
 
 
 class ActivationExtrapolationOptions(ExtrapolationOptions):

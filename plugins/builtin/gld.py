@@ -41,11 +41,14 @@ def gld(activations: torch.Tensor, W_U: torch.Tensor, target_ids: tuple[int, ...
         return FitResult(value=float(mu > 0), std_error=None, diagnostics=diagnostics)
     m = mu / sigma
     log_p = float(special.log_ndtr(m))
-    ratio = math.exp(-m * m / 2 - 0.5 * math.log(2 * math.pi) - log_p)  # φ(m)/Φ(m)
-    log_se = ratio * math.sqrt((1 + m * m / 2) / n)
+    diagnostics = {**diagnostics, "z_score": m, "log10_value": log_p / math.log(10)}
     value = math.exp(log_p)
-    return FitResult(value=value, std_error=value * log_se,
-                     diagnostics={**diagnostics, "z_score": m, "log10_value": log_p / math.log(10)})
+    if value == 0.0:  # below the smallest double (a constant input's float noise gives |m| ~ 1e10)
+        return FitResult(value=0.0, std_error=None, diagnostics=diagnostics)
+    # φ(m)/Φ(m) = √(2/π) / erfcx(−m/√2): no exp(−m²/2)/Φ(m) cancellation, which overflows for |m| ≳ 1e9
+    ratio = math.sqrt(2 / math.pi) / float(special.erfcx(-m / math.sqrt(2)))
+    log_se = ratio * math.sqrt((1 + m * m / 2) / n)
+    return FitResult(value=value, std_error=value * log_se, diagnostics=diagnostics)
 
 
 class GLD(ExtrapolationEstimator):

@@ -24,7 +24,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
-from lowprob.core.stats import WeightTally, importance_sampling_interval
+from lowprob.core.stats import WeightTally, adaptive_zero_hit_bound, normal_interval
 from lowprob.plugins.builtin.token_scores import gather_rows, sample_rows, tilted_log_probs
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -68,13 +68,14 @@ class Proposal:
 
 @dataclass(frozen=True)
 class ITGISState:
-    """The score table ``S`` and the running tally of weights and weighted hits (memory independent of N)."""
+    """The score table ``S``, the running tally of weights and weighted hits, and each batch's draws with the log
+    of its proposal's largest weight (for the zero-hit bound)."""
 
     log_d: torch.Tensor
     scores: torch.Tensor
     batches: int = 0
     tally: WeightTally = WeightTally()
-    log_max_weight: float = 0.0
+    batch_weights: tuple[tuple[int, float], ...] = ()
     temperature: float = 1.0
 
 
@@ -112,7 +113,7 @@ class ITGIS(Estimator[ITGISState]):
             scores=self.options.decay * state.scores + mean_grads.cpu().to(torch.float64),
             batches=state.batches + 1,
             tally=state.tally.add(w, hit),
-            log_max_weight=max(state.log_max_weight, proposal.log_max_weight),
+            batch_weights=(*state.batch_weights, (n, proposal.log_max_weight)),
             temperature=proposal.temperature,
         )
         return new, StepInfo(value=new.tally.value, std_error=new.tally.std_error, samples=new.tally.samples)
@@ -121,14 +122,17 @@ class ITGIS(Estimator[ITGISState]):
         tally = state.tally
         if tally.samples == 0:
             raise LowprobError("itgis drew no samples; the budget ran out before the first batch")
-        # With no hits: every batch's proposal has p <= W·Pr_q[hit] with W its largest weight, so W_max over
-        # the batches scales one exact bound for all of them.
-        low, high, method = importance_sampling_interval(tally.value, tally.std_error, tally.hits, tally.samples,
-                                                         state.log_max_weight, level)
+        if tally.hits:
+            low, high = normal_interval(tally.value, tally.std_error or 0.0, level)
+            ci = ConfidenceInterval(low=low, high=high, level=level, method="normal")
+        else:
+            ci = ConfidenceInterval(low=0.0, high=adaptive_zero_hit_bound(state.batch_weights, level), level=level,
+                                    method="no hit: exact bound from each batch's draws and largest weight "
+                                           "(per-batch max D/q)")
         return EstimatorOutput(
             value=tally.value,
             std_error=tally.std_error,
-            ci=ConfidenceInterval(low=low, high=high, level=level, method=method),
+            ci=ci,
             hits=tally.hits,
             samples=tally.samples,
             diagnostics={

@@ -26,7 +26,7 @@ from lowprob.core.estimator import (
     StepInfo,
 )
 from lowprob.core.random import integers, uniform
-from lowprob.core.stats import normal_interval
+from lowprob.core.stats import clopper_pearson, normal_interval
 from lowprob.plugins.builtin.token_scores import sample_rows, tilted_log_probs
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -110,10 +110,12 @@ class RatioSummary:
 
 @dataclass(frozen=True)
 class MHISState:
-    """Chains (``None`` before the initial states are drawn), the recorded tally and step counts."""
+    """Chains (``None`` before the initial states are drawn), the recorded tally, step counts and the hits
+    among the initial states (independent draws from D, so they bound p when no recorded state hits)."""
 
     log_d: torch.Tensor
     chains: Chains | None = None
+    initial_hits: int = 0
     tally: Tally | None = None
     steps: int = 0
     accepted: int = 0
@@ -142,6 +144,21 @@ class MHIS(Estimator[MHISState]):
         """The initial states, the burn-in and one recorded step of every chain: less cannot estimate."""
         return self.options.chains * (1.0 + backward_weight) * (self.options.burn_in + 2)
 
+    def budget_advice(self, model_calls: float, backward_weight: float) -> str:
+        """The largest ``burn_in`` (at these chains) and ``chains`` (at this burn-in) that fit ``model_calls``."""
+        chains, burn_in = self.options.chains, self.options.burn_in
+        per_chain_step = 1.0 + backward_weight
+        fixes = []
+        steps = int(model_calls // (chains * per_chain_step))  # the initial state and the moves per chain
+        if steps >= 2:
+            fixes.append(f"lower burn_in to at most {steps - 2} (burn_in={steps - 2} with chains={chains})")
+        fewer = int(model_calls // (per_chain_step * (burn_in + 2)))
+        if fewer >= 2:
+            fixes.append(f"lower chains to at most {fewer} (chains={fewer} with burn_in={burn_in})")
+        fixes.append(f"give it at least {math.ceil(self.min_step_calls(backward_weight))} model calls")
+        return (", or ".join(fixes) + "; a burn-in shorter than the chains need to mix biases MHIS low "
+                "(docs/estimators/mhis.md)")
+
     def init(self, problem: Problem, generator: torch.Generator) -> MHISState:
         return MHISState(log_d=problem.distribution.dense_log_probs())
 
@@ -153,7 +170,7 @@ class MHIS(Estimator[MHISState]):
             return state, StepInfo(samples=state.samples, done=True)
         if state.chains is None:
             initial = Chains.evaluate(problem.distribution.sample(c, generator), problem)
-            return replace(state, chains=initial), StepInfo()
+            return replace(state, chains=initial, initial_hits=int(initial.hit.sum())), StepInfo()
         chains, accepted = self._move(state.log_d, state.chains, problem, generator)
         new = replace(state, chains=chains, steps=state.steps + 1, accepted=state.accepted + accepted,
                       proposals=state.proposals + c)
@@ -204,8 +221,12 @@ class MHIS(Estimator[MHISState]):
             "std_error_method": "delta method over the independent chains' ratio sums",
         }
         if not state.hits:
-            # No recorded state hit: 0 with no error bars (MCMC gives no bound on what it never visited).
-            return EstimatorOutput(value=0.0, std_error=None, ci=None, hits=0, samples=state.samples,
+            # No recorded state hit. MCMC gives no bound on what it never visited, but the initial states are
+            # independent draws from D: their exact Clopper–Pearson bound holds (weak: it is `chains` draws).
+            high = clopper_pearson(state.initial_hits, self.options.chains, level)[1]
+            ci = ConfidenceInterval(low=0.0, high=high, level=level,
+                                    method="clopper-pearson on the chains' initial draws from D (no recorded hit)")
+            return EstimatorOutput(value=0.0, std_error=None, ci=ci, hits=0, samples=state.samples,
                                    diagnostics=diagnostics)
         autocorrelation_time = summary.std_error**2 / summary.iid_variance if summary.iid_variance > 0 else None
         diagnostics["autocorrelation_time"] = autocorrelation_time

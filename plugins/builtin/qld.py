@@ -177,7 +177,9 @@ def qld(activations: torch.Tensor, W_U: torch.Tensor, target_ids: tuple[int, ...
         "recombination_hits": int(as_j.sum()),
         "floor": 1 / n**2,
     }
-    return FitResult(value=value, std_error=float(influence.std()) / math.sqrt(n), diagnostics=diagnostics)
+    # no accepting recombination: the spread of zeros (0.0) says nothing; the estimator bounds the zero instead
+    std_error = float(influence.std()) / math.sqrt(n) if value > 0 else None
+    return FitResult(value=value, std_error=std_error, diagnostics=diagnostics)
 
 
 class QLDOptions(ExtrapolationOptions):

@@ -285,6 +285,8 @@ class TwistedSMCCTL(TwistedSMC):
         per_round = replicate_calls(layout, twist, opts.train_particles)
         left = limit - samples * (1 + backward_weight)
         rounds = opts.rounds if math.isinf(limit) else max(0, min(opts.rounds, int(left // per_round)))
+        if layout.steps == 0:  # a constant input: no choice to twist, so nothing to learn
+            rounds = 0
         reports = train_twist(meter, layout, twist, problem.target, generator, rounds=rounds,
                               particles=opts.train_particles, steps=opts.train_steps,
                               learning_rate=opts.learning_rate, margin_temperatures=self.margin_temperatures(rounds),
@@ -295,8 +297,8 @@ class TwistedSMCCTL(TwistedSMC):
                     "margin_temperatures": [r.margin_temperature for r in reports],
                     "training_hits": [r.hits for r in reports]}
         if not reports:
-            return base, hits, samples, {**base.describe(), **training,
-                                         "fallback": "no training round fits the budget: gradient twist"}
+            why = "the input is constant" if layout.steps == 0 else "no training round fits the budget"
+            return base, hits, samples, {**base.describe(), **training, "fallback": f"{why}: gradient twist"}
         return twist, hits, samples, {**twist.describe(), **training}
 
 

@@ -118,20 +118,25 @@ class MarginFit:
 
     @staticmethod
     def fit(scores: torch.Tensor, margins: torch.Tensor) -> MarginFit:
-        """Least squares; ``gamma`` is clipped at 0 (a score that does not predict the margin gives a flat twist)."""
+        """Least squares; ``gamma`` is clipped at 0 (a score that does not predict the margin gives a flat twist).
+
+        Infinite margins (a target holding every token has no competitor: +inf) carry no slope and are left
+        out; with fewer than 3 finite ones the fit is flat, so the twist is flat and never NaN."""
         n = int(margins.numel())
-        if n < 3:
+        finite = torch.isfinite(margins)
+        k = int(finite.sum())
+        if k < 3:
             return MarginFit(samples=n)
-        s, m = scores.double(), margins.double()
+        s, m = scores.double()[finite], margins.double()[finite]
         sd_m = float(m.std())
         var_s = float(s.var())
-        cov = float(((s - s.mean()) * (m - m.mean())).sum()) / (n - 1)
+        cov = float(((s - s.mean()) * (m - m.mean())).sum()) / (k - 1)
         if var_s <= 1e-12 * (1 + float(s.abs().max()) ** 2) or cov <= 0 or sd_m == 0:
             return MarginFit(float(m.mean()), 0.0, max(sd_m, 1e-3), n, 0.0)
         gamma = cov / var_s
         alpha = float(m.mean()) - gamma * float(s.mean())
         resid = m - alpha - gamma * s
-        sigma = max(math.sqrt(float((resid**2).sum()) / (n - 2)), 1e-3)
+        sigma = max(math.sqrt(float((resid**2).sum()) / (k - 2)), 1e-3)
         return MarginFit(alpha, gamma, sigma, n, cov / math.sqrt(var_s) / sd_m)
 
 

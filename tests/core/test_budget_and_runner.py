@@ -1,11 +1,13 @@
 """Budgets, the runner's loop and bookkeeping, the meter, and the model adapter's gradients."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from lowprob.core import Budget, BudgetError, Cost, WeightError, run_estimator
+from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.estimator import Capabilities, Estimator, EstimatorOutput, StepInfo
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo
 from lowprob.plugins.testing import toy_problem
@@ -81,6 +83,48 @@ def test_nan_estimate_is_rejected(toy) -> None:  # type: ignore[no-untyped-def]
 
     with pytest.raises(WeightError, match="invalid estimate"):
         run_estimator(Broken(), toy.problem(), Budget(model_calls=5), seed=0, progress=False)
+
+
+class Fixed(Estimator[int]):
+    """Spends one forward pass, then answers the output it was built with."""
+
+    name = "fixed"
+    capabilities = Capabilities(unbiased=True, has_error_bars=True)
+
+    def __init__(self, output: EstimatorOutput) -> None:
+        super().__init__()
+        self.output = output
+
+    def init(self, problem, generator):  # type: ignore[no-untyped-def]
+        return 0
+
+    def step(self, state, problem, generator, context):  # type: ignore[no-untyped-def]
+        problem.model.last_logits(problem.distribution.sample(1, generator))
+        return state + 1, StepInfo(samples=1, done=True)
+
+    def result(self, state, problem, level):  # type: ignore[no-untyped-def]
+        return self.output
+
+
+def test_values_and_intervals_are_clipped_to_the_unit_interval(toy) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 (18): an importance-sampling mean of 1.0049 for p = 1 is reported as 1 (a probability), with its
+    interval cut at 1 and the raw value kept in the diagnostics."""
+    out = EstimatorOutput(value=1.0049, std_error=0.0064, hits=10, samples=10,
+                          ci=ConfidenceInterval(low=0.992, high=1.0175, level=0.95, method="normal"))
+    est = run_estimator(Fixed(out), toy.problem(), Budget(model_calls=5), seed=0, progress=False)
+    assert est.value == 1.0 and est.log10_value == 0.0
+    assert est.ci is not None and (est.ci.low, est.ci.high) == (0.992, 1.0)
+    assert est.diagnostics["unclipped_value"] == 1.0049
+    whole = ConfidenceInterval(low=1.01, high=1.2, level=0.95, method="normal")
+    est = run_estimator(Fixed(replace(out, ci=whole)), toy.problem(), Budget(model_calls=5), seed=0, progress=False)
+    assert est.ci is not None and (est.ci.low, est.ci.high) == (1.0, 1.0)
+
+
+def test_a_zero_without_its_upper_bound_is_refused(toy) -> None:  # type: ignore[no-untyped-def]
+    """A zero estimate always carries its upper bound: the runner refuses an estimator that returns a bare 0."""
+    out = EstimatorOutput(value=0.0, std_error=None, ci=None, hits=0, samples=1)
+    with pytest.raises(WeightError, match="zero estimate without an upper bound"):
+        run_estimator(Fixed(out), toy.problem(), Budget(model_calls=5), seed=0, progress=False)
 
 
 def test_unknown_options_are_rejected() -> None:

@@ -58,3 +58,25 @@ def test_constant_margin_gives_a_step() -> None:
     W_U = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)  # noqa: N806 - logit 1 always wins by 1
     result = gld(activations, W_U, (1,), torch.Generator())
     assert (result.value, result.std_error) == (1.0, None)
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-10, 1e-12, 1e-14])
+def test_a_nearly_constant_losing_margin_is_zero_without_overflow(scale: float) -> None:
+    """Issue 12 (20): a constant input gives a margin of −7 with float noise of 1e-9 (z-score ≈ −1e10): the
+    tail underflows to 0 — no OverflowError, and no standard error for the zero."""
+    activations = torch.ones(64, 2, dtype=torch.float64)
+    activations[:, 0] += scale * torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    W_U = torch.tensor([[0.0, 1.0], [-5.0, 1.0]], dtype=torch.float64)  # noqa: N806 - logit 0 loses by 7
+    result = gld(activations, W_U, (0,), torch.Generator())
+    assert result.value == 0.0 and result.std_error is None
+    assert result.diagnostics["log10_value"] < -1e10
+
+
+def test_the_delta_method_ratio_is_the_mills_ratio_deep_in_the_tail() -> None:
+    """s.e.(log p̂) uses φ(m)/Φ(m), which tends to −m·(1 + 1/m²) for m → −∞ (here m ≈ −30, p̂ ≈ 1e-197)."""
+    activations, W_U = _gaussian_margin(-30.0, 1.0, 4096, 4)  # noqa: N806
+    result = gld(activations, W_U, (1,), torch.Generator())
+    m = result.diagnostics["z_score"]
+    assert result.value > 0 and result.std_error is not None
+    expected = -m * (1 + 1 / m**2) * math.sqrt((1 + m * m / 2) / 4096)  # φ/Φ ≈ −m·(1 + 1/m²)
+    assert result.std_error / result.value == pytest.approx(expected, rel=1e-4)

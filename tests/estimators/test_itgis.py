@@ -4,6 +4,7 @@ Tolerance of the statistical checks: the mean of seeded replicate estimates must
 (the replicates' own spread) of the exact value; seeds are fixed, so the tests are deterministic.
 """
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -18,7 +19,8 @@ from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem, StepInfo
 from lowprob.core.meter import MeteredModel
 from lowprob.core.runner import run_estimator
-from lowprob.core.target import ArgmaxIs
+from lowprob.core.stats import adaptive_zero_hit_bound, clopper_pearson
+from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.plugins import load_registry
 from lowprob.plugins.builtin.itgis import ITGIS, ITGISState, Proposal
 from lowprob.plugins.testing import ToyProblem, argmax_probabilities, check_sane, check_unbiased, toy_problem
@@ -118,6 +120,57 @@ def test_zero_hits_give_a_finite_upper_bound(toy: ToyProblem) -> None:
     assert estimate.hits == 0 and estimate.value == 0.0 and estimate.std_error is None
     assert estimate.ci is not None and 0 < estimate.ci.high <= 1
     assert not check_sane(estimate)
+
+
+def test_a_certain_target_is_reported_as_at_most_one(toy: ToyProblem) -> None:
+    """Issue 12 (18): for p = 1 the weighted mean was 1.0049 with CI [0.992, 1.0175]. The runner clips value and
+    interval to [0, 1]; the unclipped mean stays within 4 of its standard errors of 1 (it is unbiased)."""
+    everything = ArgmaxIn(frozenset(range(toy.model.d_vocab)), "every token")
+    problem = Problem(MeteredModel(toy.model), toy.distribution, everything)
+    estimate = run_estimator(ITGIS({**SMALL, "temperature": 0.5}), problem, Budget(model_calls=600), 0,
+                             progress=False)
+    raw = estimate.diagnostics["unclipped_value"]  # this seed's weighted mean is above 1
+    assert estimate.value == 1.0 < raw and estimate.std_error is not None
+    assert abs(raw - 1) <= 4 * estimate.std_error
+    assert estimate.ci is not None and estimate.ci.low <= 1.0 == estimate.ci.high
+
+
+def test_zero_hits_are_bounded_at_least_as_tightly_as_by_the_naive_first_batch(toy: ToyProblem) -> None:
+    """Issue 13: the zero-hit bound was W_max · (Clopper–Pearson of all draws), W_max the largest weight of any
+    batch — typically ≥ 1/bound, so [0, 1]. Each batch's own largest weight gives a bound that is never looser
+    than the first batch alone, whose proposal is D (naive Monte Carlo)."""
+    never = int(argmax_probabilities(toy.model, toy.distribution).argmin())
+    problem = Problem(MeteredModel(toy.model), toy.distribution, ArgmaxIs(never))
+    estimate = run_estimator(ITGIS({**SMALL, "temperature": 0.1}), problem, Budget(model_calls=300), 0,
+                             progress=False)  # a sharp tilt: the later batches' largest weights are huge
+    assert estimate.upper_bound is not None and estimate.ci is not None
+    assert estimate.upper_bound <= clopper_pearson(0, SMALL["batch_size"])[1] * (1 + 1e-9)
+    assert "per-batch" in estimate.ci.method
+
+
+def test_the_zero_hit_bound_reduces_to_clopper_pearson_when_q_is_d() -> None:
+    for draws in ((100,), (30, 70), (1, 1, 98)):
+        bound = adaptive_zero_hit_bound([(n, 0.0) for n in draws], 0.95)
+        assert bound == pytest.approx(clopper_pearson(0, 100)[1], rel=1e-9)
+    # one batch whose weights reach W: p ≤ W·Pr_q[hit], so W times the Clopper–Pearson bound
+    assert adaptive_zero_hit_bound([(100, math.log(4.0))], 0.95) == pytest.approx(
+        4 * clopper_pearson(0, 100)[1], rel=1e-9)
+    # a batch with huge weights adds (almost) nothing to the first batch's bound
+    near = adaptive_zero_hit_bound([(100, 0.0), (10_000, 400.0)], 0.95)
+    assert near == pytest.approx(clopper_pearson(0, 100)[1], rel=1e-6)
+    assert adaptive_zero_hit_bound([(5, 50.0)], 0.95) == 1.0
+
+
+@pytest.mark.statistical
+def test_the_zero_hit_bound_covers(toy: ToyProblem) -> None:
+    """Over 300 seeds at 90 calls (30 draws, p ≈ 0.0071, most runs without a hit), the zero-hit bound falls below
+    the exact p in at most 2.5 % of all runs (plus 3 binomial s.d.) — the one-sided promise of a 95 % interval."""
+    estimates = [run_estimator(ITGIS({"batch_size": 10}), toy.problem(), Budget(model_calls=90), seed,
+                               progress=False) for seed in range(300)]
+    zeros = [e for e in estimates if e.value == 0]
+    misses = sum(e.upper_bound is not None and e.upper_bound < toy.exact for e in zeros)
+    assert len(zeros) > 100
+    assert misses <= 0.025 * 300 + 3 * math.sqrt(0.025 * 0.975 * 300)
 
 
 @pytest.mark.parametrize("options", [{"temprature": 1.0}, {"temperature": 0.0}, {"decay": 1.0},

@@ -5,6 +5,7 @@ shrinks with the budget beyond its own noise), not ``check_unbiased``. Seeds are
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from lowprob.core.errors import BudgetError, LowprobError
 from lowprob.core.estimator import Problem, StepContext
 from lowprob.core.meter import MeteredModel
 from lowprob.core.runner import run_estimator
+from lowprob.core.stats import clopper_pearson
 from lowprob.core.target import ArgmaxIs
 from lowprob.plugins import load_registry
 from lowprob.plugins.builtin.mhis import MHIS, RatioSummary, Tally
@@ -108,6 +110,20 @@ def test_budget_below_init_burn_in_and_one_step_is_rejected(toy: ToyProblem) -> 
         run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=8 * 3 * 12 - 1), 0, progress=False)
 
 
+def test_a_budget_below_one_step_says_which_option_to_lower_and_to_what(toy: ToyProblem) -> None:
+    """Issue 11: default MHIS at 10 000 calls named only the 98 496 calls it needs. The error names the options
+    and the largest burn_in (with the default chains) and chains (with the default burn_in) that fit."""
+    with pytest.raises(BudgetError) as info:
+        run_estimator(MHIS(), toy.problem(), Budget(model_calls=10_000), 0, progress=False)
+    message = str(info.value)
+    assert "98496" in message
+    burn_in = int(re.search(r"burn_in=(\d+)", message).group(1))  # type: ignore[union-attr]
+    assert MHIS({"burn_in": burn_in}).min_step_calls(2.0) <= 10_000 < MHIS({"burn_in": burn_in + 1}).min_step_calls(2.0)
+    assert "chains" in message and "docs/estimators/mhis.md" in message
+    with pytest.raises(BudgetError, match="lower burn_in to at most 0") as info:  # at most 0 burn-in fits
+        run_estimator(MHIS({"chains": 8}), toy.problem(), Budget(model_calls=60), 0, progress=False)
+
+
 def test_paper_budget() -> None:
     assert MHIS.paper_budget() == Budget(model_calls=98_336, backward_weight=0.0)
 
@@ -124,6 +140,9 @@ def test_zero_hits_give_zero_without_nan(toy: ToyProblem) -> None:
     estimate = run_estimator(MHIS(SMALL), problem, Budget(model_calls=600), 0, progress=False)
     assert estimate.hits == 0 and estimate.value == 0.0 and estimate.std_error is None
     assert not check_sane(estimate)
+    # issue 12 (21): the zero carries a bound — exact Clopper–Pearson on the chains' initial draws from D
+    assert estimate.ci is not None and estimate.upper_bound == pytest.approx(clopper_pearson(0, 8)[1], rel=1e-12)
+    assert "initial draws" in estimate.ci.method and "p < " in estimate.summary()
 
 
 @pytest.mark.parametrize("options", [{"chain": 8}, {"temperature": -1.0}, {"chains": 1}, {"burn_in": -1}])

@@ -105,7 +105,7 @@ def test_unreachable_target_gives_zero_with_diagnostics() -> None:
     activations, W_U = _data(1)  # noqa: N806
     W_U[:, 5] = (W_U[:, 2] + W_U[:, 9]) / 2
     result = qld(activations, W_U, (5,), torch.Generator())
-    assert result.value == 0.0
+    assert result.value == 0.0 and result.std_error is None  # issue 12 (21): not a misleading s.e. of 0.0
     assert result.diagnostics["recombination_hits"] == 0
     assert result.diagnostics["nonempty_fraction"] == 0.0
 

@@ -20,7 +20,7 @@ from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.random import expectation
-from lowprob.core.target import ArgmaxIs
+from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.plugins.builtin.input_smc import (
     bidirectional_bounds,
     replicate_calls,
@@ -362,3 +362,33 @@ def test_alternatives_between_sub_sequences_are_rejected(toy: ToyProblem) -> Non
     for cls in (TwistedSMC, TwistedSMCCTL):
         with pytest.raises(LowprobError, match="independent positions"):
             run_estimator(cls(), problem, Budget(model_calls=600), seed=0, progress=False)
+
+
+@pytest.mark.parametrize("cls", [TwistedSMC, TwistedSMCCTL])
+def test_a_certain_target_gives_one(toy: ToyProblem, cls: type[TwistedSMC]) -> None:
+    """Issue 12 (17): with every token in the target (p = 1) the margin is +inf, the twist's margin fit went NaN
+    and the estimate was 0 with [0, 1]. Now the gradient twist is flat, so every tsmc run returns Ẑ = 1 exactly;
+    the learned twist of tsmc-ctl is not flat, so its unbiased Ẑ is within 4 of its standard errors of 1."""
+    everything = ArgmaxIn(frozenset(range(toy.model.d_vocab)), "every token")
+    problem = Problem(MeteredModel(toy.model), toy.distribution, everything)
+    options = CTL_SMALL if cls is TwistedSMCCTL else {"particles": 16, "pilot": 16}
+    estimate = run_estimator(cls(options), problem, Budget(model_calls=900), seed=0, progress=False)
+    assert estimate.std_error is not None and abs(estimate.value - 1) <= 4 * estimate.std_error
+    assert estimate.value > 0.99 and not check_sane(estimate)
+    assert estimate.ci is not None and estimate.ci.high == 1.0
+    fit = [estimate.diagnostics[f"margin_{k}"] for k in ("alpha", "gamma", "sigma", "correlation")]
+    assert all(math.isfinite(v) for v in fit)
+
+
+@pytest.mark.parametrize("cls", [TwistedSMC, TwistedSMCCTL])
+def test_a_constant_input_is_exact(toy: ToyProblem, cls: type[TwistedSMC]) -> None:
+    """Issue 12 (19): a constant-input distribution has nothing to learn; tsmc-ctl raised "element 0 of tensors
+    does not require grad". Both give the indicator of the one sequence, a zero with its bound."""
+    one = InputDistribution.independent([Categorical.constant(0)] * 3, toy.model.d_vocab)
+    argmax = int(toy.model.last_logits(one.enumerate()[0]).argmax(-1)[0])
+    options = CTL_SMALL if cls is TwistedSMCCTL else {"particles": 16, "pilot": 16}
+    for token, exact in ((argmax, 1.0), ((argmax + 1) % toy.model.d_vocab, 0.0)):
+        problem = Problem(MeteredModel(toy.model), one, ArgmaxIs(token))
+        estimate = run_estimator(cls(options), problem, Budget(model_calls=900), seed=0, progress=False)
+        assert estimate.value == exact and not check_sane(estimate)
+        assert estimate.ci is not None and estimate.ci.high >= exact
