@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class ConfidenceInterval(BaseModel):
@@ -112,3 +115,27 @@ class Estimate(BaseModel):
     @staticmethod
     def log10(value: float) -> float | None:
         return math.log10(value) if value > 0 else None
+
+    def plot_trace(self) -> Figure:
+        """The running estimate against model calls spent, ±2 standard errors shaded, on a log scale, with the
+        final interval at the right; a matplotlib ``Figure`` to show in a notebook or ``savefig``."""
+        from matplotlib.figure import Figure  # only for those who plot
+
+        figure = Figure(figsize=(6, 3.5), layout="constrained")
+        ax = figure.subplots()
+        points = [(t.model_calls, t.value, t.std_error) for t in self.trace if t.value is not None and t.value > 0]
+        ax.plot([c for c, _, _ in points], [v for _, v, _ in points], marker=".", label="running estimate")
+        band = [(c, v, e) for c, v, e in points if e is not None]
+        if band:
+            ax.fill_between([c for c, _, _ in band], [max(v - 2 * e, v * 1e-3) for _, v, e in band],
+                            [v + 2 * e for _, v, e in band], alpha=0.2, label="± 2 s.e.")
+        if self.ci is not None and self.ci.high > 0:  # a log axis cannot show 0: a zero low end is drawn at 1e-3·high
+            ax.vlines(self.model_calls, max(self.ci.low, self.ci.high * 1e-3), self.ci.high, color="black", lw=3,
+                      label=f"final {self.ci.level:.0%} interval")
+        if points or self.ci is not None:
+            ax.set_yscale("log")
+        ax.set_xlabel("model calls")
+        ax.set_ylabel("estimate of p")
+        ax.set_title(f"{self.provenance.estimator} on {self.provenance.target}", fontsize=10)
+        ax.legend(fontsize=8)
+        return figure

@@ -21,6 +21,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "estimate": "lowprob.api",
     "load_model": "lowprob.api",
+    "read_results": "lowprob.results",
+    "ResultRow": "lowprob.results",
     "ModelAdapter": "lowprob.core",
     "Budget": "lowprob.core",
     "Capabilities": "lowprob.core",
@@ -47,6 +49,7 @@ __all__ = [
     "LowprobError",
     "ModelAdapter",
     "Problem",
+    "ResultRow",
     "StepContext",
     "StepInfo",
     "__version__",
@@ -54,6 +57,7 @@ __all__ = [
     "hookimpl",
     "load_model",
     "load_registry",
+    "read_results",
     "run_estimator",
 ]
 
@@ -74,6 +78,7 @@ if TYPE_CHECKING:
         run_estimator,
     )
     from lowprob.plugins import hookimpl, load_registry
+    from lowprob.results import ResultRow, read_results
 
 
 def __getattr__(name: str) -> Any:

@@ -22,13 +22,13 @@ from lowprob.api import (
 from lowprob.core.budget import Budget
 from lowprob.core.certified_argmax import PRECISIONS
 from lowprob.core.errors import LowprobError
-from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Problem
 from lowprob.core.progress import progress_bar
-from lowprob.experiments import pending, plan, run
+from lowprob.engine import Engine, Job
+from lowprob.experiments import open_results, plan, run
 from lowprob.plugins import Registry, load_registry, plugin_infos
 from lowprob.report import format_table, markdown_table, summary_table
-from lowprob.results import ResultsFile
+from lowprob.results import ResultRow, RowSpec
 
 
 def _fail(message: str) -> NoReturn:
@@ -149,6 +149,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
     """
     registry = _registry()
     chosen = registry.create_estimator(estimator, _parse_options(options))  # checked before the model loads
+    results = Engine(output) if output is not None else None  # writable and readable, before any compute
     given = budget_calls is not None or budget_seconds is not None or budget_rel_error is not None
     if paper_budget:
         if given:
@@ -163,19 +164,21 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
         _show_problem(problem, samples, seed)
         click.echo(f"estimator    {estimator} with budget {budget.describe()}, seed {seed}")
     result = run_problem(registry, problem, chosen, None, budget, seed, level=level, progress=progress)
-    if output is not None:
-        ResultsFile(output).append({"key": f"estimate-{result.provenance.started_at}-{seed}",
-                                    "model": problem.model.name, "distribution": problem.distribution.name,
-                                    "target": problem.target.describe(), "estimator": estimator,
-                                    "budget": budget.model_dump(mode="json", exclude_none=True), "seed": seed,
-                                    "estimate": result.model_dump(mode="json")})
+    written = None
+    if results is not None:
+        row = ResultRow.of(RowSpec(model=problem.model.name, distribution=problem.distribution.name or "",
+                                   distribution_hash=problem.distribution.content_hash,
+                                   target=problem.target.describe(), estimator=estimator, label=estimator,
+                                   options=_parse_options(options), budget=budget, seed=seed), estimate=result)
+        written = row.key not in results.rows
+        results.write(row)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
     click.echo(f"result       {result.summary()}")
     click.echo(f"stopped by   {result.stop_reason}")
-    if output is not None:
-        click.echo(f"written to   {output}")
+    if written is not None:
+        click.echo(f"written to   {output}" if written else f"kept         the identical row already in {output}")
 
 
 @main.command(name="run")
@@ -192,26 +195,26 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
     """
     registry = _registry()
     exp = plan(experiment, registry)
-    todo = pending(exp)
-    click.echo(f"experiment {exp.spec.name}: {len(exp.rows)} estimates planned, {len(exp.rows) - len(todo)} "
+    results = open_results(exp)
+    todo = results.pending(exp.jobs)
+    click.echo(f"experiment {exp.spec.name}: {len(exp.jobs)} estimates planned, {len(exp.jobs) - len(todo)} "
                f"already in {exp.output}, {len(todo)} to run")
     if dry_run:
-        for row in todo:
+        for job in todo:
+            row = job.spec
             click.echo(f"  {row.model}  {row.distribution}  {row.target}  {row.label}  "
                        f"{row.budget.describe()}  seed {row.seed}")
         return
     bar = progress_bar(len(todo), "estimates", progress)
-
-    def report(row: Any, result: Estimate) -> None:
-        bar.update(1)
-        bar.write(f"  {row.distribution} / {row.target} / {row.label} / seed {row.seed}: {result.summary()}")
-
     try:
-        for _ in run(exp, registry, on_row=report):
-            pass
+        for row in run(exp, registry, results):
+            bar.update(1)
+            if row.estimate is not None:
+                bar.write(f"  {row.distribution} / {row.target} / {row.label} / seed {row.seed}: "
+                          f"{row.estimate.summary()}")
     finally:
         bar.close()
-    click.echo(summary_table(ResultsFile(exp.output).rows()))
+    click.echo(summary_table(r for r in results.rows.values() if r.key in {job.key for job in exp.jobs}))
     click.echo(f"results: {exp.output}")
 
 
@@ -234,7 +237,7 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
       lowprob reproduce --quick
       lowprob reproduce --only-model lowprob-1l --output results/repro
     Resumable: rerunning skips estimates already in <output>/results.jsonl. Writes losses.md, losses.json and
-    figures/<model>/*.svg. See docs/protocol.md.
+    figures/<model>/*.png and *.svg. See docs/protocol.md.
     """
     from lowprob import reproduce as rp
 
@@ -243,29 +246,33 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
     registry = _registry()
     repro = rp.plan(config_path or rp.shipped_config(quick), registry, output, only_model, only_distribution)
     pairs = repro.selected
-    click.echo(rp.describe_plan(repro, pairs))
-    todo = rp.pending(repro, pairs)
+    results = repro.open()
+    click.echo(rp.describe_plan(repro, pairs, results))
+    todo = results.pending(repro.all_jobs(pairs))
     click.echo(f"{repro.config.name}: {len(todo)} estimates to run, output {repro.output}")
     if dry_run:
         return
-    bar = progress_bar(sum(r.method.budget.model_calls or 0 for r in todo), "reproduce", progress)
+    bar = progress_bar(sum(job.calls for job in todo), "reproduce", progress)
+    group_calls: dict[str | None, float] = {}
+    for job in todo:
+        group_calls[job.group] = group_calls.get(job.group, 0) + job.calls
     current: list[str] = []
 
-    def report(record: dict[str, Any], calls: float) -> None:
-        bar.update(calls)
-        pair = f"{record['model']} / {record['distribution']}"
+    def report(job: Job, row: ResultRow) -> None:
+        bar.update(group_calls[job.group] if row.key == job.group else job.calls)  # a marker stands for its group
+        pair = f"{row.model} / {row.distribution}"
         if current != [pair]:
             current[:] = [pair]
             bar.write(f"  {pair}")
-        if "error" in record:
-            bar.write(f"    {record['method']}: {record['error'].splitlines()[0]}")
+        if row.error is not None:
+            bar.write(f"    {row.label}: {row.error.splitlines()[0]}")
 
     try:
-        for _ in rp.run(repro, registry, pairs, on_row=report):
-            pass
+        for job, row in rp.run(repro, registry, pairs, results):
+            report(job, row)
     finally:
         bar.close()
-    for path in rp.write_report(repro)[:2]:
+    for path in rp.write_report(repro, results)[:2]:
         click.echo(f"wrote {path}")
     click.echo(f"figures: {repro.output / 'figures'}")
 
