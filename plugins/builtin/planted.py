@@ -158,15 +158,17 @@ def _depths(weights: Mapping[int, tuple[float, ...]]) -> tuple[Depth, ...]:
 
 
 THRESHOLD_WEIGHTS: dict[int, tuple[float, ...]] = {
-    3: (0.143,), 5: (0.08888,), 6: (0.07127,), 7: (0.05753,), 9: (0.03799,), 10: (0.03101,), 11: (0.02537,)}
+    3: (0.143,), 5: (0.08888,), 6: (0.07127,), 7: (0.05753,), 9: (0.03799,), 10: (0.03101,), 11: (0.02537,),
+    12: (0.02079,)}
 """Exponent -> weight of S per position (the rest goes to the other 22 letters)."""
 TWO_MODES_WEIGHTS: dict[int, tuple[float, ...]] = {
     3: (0.06037, 0.1752), 5: (0.03135, 0.1163), 6: (0.02298, 0.09608), 7: (0.01696, 0.07981),
-    9: (0.009343, 0.0557), 10: (0.006962, 0.04672), 11: (0.005196, 0.03927)}
+    9: (0.009343, 0.0557), 10: (0.006962, 0.04672), 11: (0.005196, 0.03927),
+    12: (0.003883, 0.03306)}
 """Exponent -> weights of S1 and S2, each mode carrying half the mass."""
 NEEDLE_WEIGHTS: dict[int, tuple[float, ...]] = {
     4: (0.8618, 0.1), 5: (0.5871, 0.1), 6: (0.4, 0.1), 7: (0.2725, 0.1), 9: (0.1265, 0.1), 10: (0.08618, 0.1),
-    11: (0.05871, 0.1)}
+    11: (0.05871, 0.1), 12: (0.04, 0.1)}
 """Exponent -> weights of the needle letters (uniform among n, e, d, l) and the decoys."""
 
 

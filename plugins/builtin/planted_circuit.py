@@ -143,8 +143,8 @@ def build_bridge(circuit: Circuit) -> Any:
     fc_in, fc_out = torch.zeros(max(N, 1), d, **f64), torch.zeros(d, max(N, 1), **f64)
     head = torch.zeros(V, d, **f64)
     for n, neuron in enumerate(circuit.neurons):
-        for h, (cls, weight) in enumerate(zip(circuit.classes, neuron.weights, strict=True)):
-            fc_in[n, feat + h] = GAIN * weight * circuit.width(cls)
+        for h, (cls, count_weight) in enumerate(zip(circuit.classes, neuron.weights, strict=True)):
+            fc_in[n, feat + h] = GAIN * count_weight * circuit.width(cls)
         fc_in[n, one] = GAIN * neuron.bias
         _zero_sum(fc_in[n], zero)
         fc_out[neur + n, n] = 1.0

@@ -9,9 +9,10 @@ from fractions import Fraction
 import pytest
 import torch
 
+from lowprob.core.distribution import InputDistribution
 from lowprob.core.exact import exact_probability
 from lowprob.core.model import ModelAdapter
-from lowprob.core.target import ArgmaxIs
+from lowprob.core.target import Target
 from lowprob.dsl import load_spec
 from lowprob.plugins import load_registry
 from lowprob.plugins.builtin.planted import BODY, HIT, LENGTH, Family, families, planted_vocabulary
@@ -105,9 +106,9 @@ def test_fast_path_and_first_layer_table_equal_the_transformerlens_forward(model
     assert resid.shape == (256, LENGTH, model.d_model)
 
 
-def _spec(text: str) -> tuple[object, ArgmaxIs]:
+def _spec(text: str) -> tuple[InputDistribution, Target]:
     compiled = load_spec(text + 'target hit = argmax == "HIT"\n', planted_vocabulary(), max_length=LENGTH)
-    return compiled.distribution(), compiled.target("hit")  # type: ignore[return-value]
+    return compiled.distribution(), compiled.target("hit")
 
 
 BRUTE_FORCE = {
@@ -125,10 +126,10 @@ def test_exact_value_matches_brute_force_counting(models: dict[str, ModelAdapter
     """On 8192 seeded samples the model's hits are exactly the rule's, and their count agrees with the DP."""
     family, model = FAMILIES[name], models[name]
     distribution, target = _spec(BRUTE_FORCE[name])
-    exact = exact_probability(distribution, family.rule).p  # type: ignore[arg-type]
+    exact = exact_probability(distribution, family.rule).p
     assert 0.01 < exact < 0.5
     n = 8192
-    tokens = distribution.sample(n, torch.Generator().manual_seed(2))  # type: ignore[attr-defined]
+    tokens = distribution.sample(n, torch.Generator().manual_seed(2))
     hits = target.hits(model.last_logits(tokens))
     assert torch.equal(hits, family.rule.holds(tokens))
     assert abs(int(hits.sum()) - n * exact) <= 4 * (n * exact * (1 - exact)) ** 0.5
@@ -167,7 +168,8 @@ def test_needle_gradient_points_to_the_decoys_not_the_needle(models: dict[str, M
     vocab = planted_vocabulary()
     decoy = vocab.encode("x")[0]
     for cls in family.rule.classes:
-        (p,), (needle,) = cls.positions or (), cls.tokens
+        assert cls.positions is not None
+        (p,), (needle,) = cls.positions, cls.tokens
         assert float(scores[p, decoy]) > float(scores[p, needle])
 
 
