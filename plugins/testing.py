@@ -6,8 +6,9 @@ random TransformerLens-native transformers, and lookup-table models whose logits
 table rows (so token gradients are exact, which makes gradient-guided proposals easy to reason about).
 ``check_unbiased`` computes the estimator's exact expectation where its randomness can be enumerated (every
 joint outcome of its ``lowprob.core.random`` draws, one run per path; tolerance ``EXACT_REL_TOL``) and otherwise
-judges seeded replicates (mean within 4 standard errors); ``check_error_bars`` and ``check_consistent`` run
-fixed seeds and judge with tolerances derived from the estimator's own spread, so a biased estimator fails.
+judges seeded replicates (mean within 4 standard errors, and ``inconclusive`` rather than ``passed`` when the
+replicates could not have seen a relative bias of ``RESOLUTION``); ``check_error_bars`` and ``check_consistent``
+run fixed seeds and judge with tolerances derived from the estimator's own spread, so a biased estimator fails.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import torch
+from scipy import stats
 
 from lowprob.core.budget import Budget
 from lowprob.core.distribution import Categorical, InputDistribution
@@ -160,17 +162,28 @@ expectation is an exactly rounded sum (``math.fsum``), so rounding moves it by a
 estimators' own float64 weights. 1e-9 leaves six orders of magnitude for that, and is far below any bias a
 replicate test could see."""
 
+RESOLUTION = 0.10
+"""The relative bias a replicate check must be able to see before it may say ``passed``."""
+
+POWER = 0.8
+"""The probability with which a replicate check must detect a bias of its ``detectable_bias``."""
+
 UnbiasedMode = Literal["auto", "exact", "replicates"]
 """How :func:`check_unbiased` judges: ``exact`` enumerates the estimator's draws, ``replicates`` runs seeds,
 ``auto`` enumerates when it can and otherwise runs seeds."""
+
+Verdict = Literal["passed", "failed", "inconclusive"]
 
 
 @dataclass
 class CheckReport:
     """What a statistical check measured, for assertion messages.
 
-    ``mode`` is how it judged (``exact`` or ``replicates``); ``mean`` is the exact expectation or the replicate
-    mean (:func:`check_unbiased` only); ``paths`` is the number of enumerated paths in exact mode.
+    ``passed`` is true only for the verdict ``passed``; ``inconclusive`` means the check saw no bias but could
+    not have seen one of ``RESOLUTION`` (:func:`check_unbiased` in replicate mode). ``mode`` is how it judged
+    (``exact`` or ``replicates``); ``mean`` is the exact expectation or the replicate mean; ``paths`` is the
+    number of enumerated paths in exact mode; ``detectable_bias`` is the smallest relative bias the replicates
+    detect with probability ``POWER`` (``rel_tol`` in exact mode, where any larger bias fails).
     """
 
     passed: bool
@@ -179,6 +192,13 @@ class CheckReport:
     mode: str = "replicates"
     mean: float | None = None
     paths: int = 0
+    inconclusive: bool = False
+    detectable_bias: float | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        """``passed``, ``failed`` or ``inconclusive``."""
+        return "passed" if self.passed else "inconclusive" if self.inconclusive else "failed"
 
 
 def replicate(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget, seeds: range,
@@ -220,7 +240,10 @@ def check_unbiased(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget:
 
     ``mode="auto"`` tries the exact expectation (at most ``max_paths`` runs) and falls back to replicates,
     saying why in ``detail``; ``mode="exact"`` raises instead of falling back. The exact check passes when the
-    expectation is within ``rel_tol`` (relative) of the exact value.
+    expectation is within ``rel_tol`` (relative) of the exact value. The replicate check fails when the mean is
+    more than ``sigmas`` standard errors off, and is ``inconclusive`` (not passed) when the smallest relative
+    bias it detects with probability ``POWER``, ``(sigmas + z_POWER) · sem / exact``, exceeds ``RESOLUTION``:
+    add seeds or budget, or use a toy small enough to enumerate.
     """
     if mode != "replicates":
         try:
@@ -245,7 +268,8 @@ def _check_exact(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: B
     detail = (f"exact expectation {result.value:.17g} vs exact {toy.exact:.17g}: relative gap "
               f"{gap:.3g} (tolerance {rel_tol:g}; {result.paths} paths, "
               f"total probability {result.mass:.17g})")
-    return CheckReport(passed, detail, [], mode="exact", mean=result.value, paths=result.paths)
+    return CheckReport(passed, detail, [], mode="exact", mean=result.value, paths=result.paths,
+                       detectable_bias=rel_tol)
 
 
 def _check_replicates(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget, seeds: range,
@@ -260,12 +284,19 @@ def _check_replicates(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budg
     mean = statistics.fmean(values)
     sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
     if sem == 0:
-        passed = math.isclose(mean, toy.exact, rel_tol=1e-9, abs_tol=1e-15)
+        unbiased = math.isclose(mean, toy.exact, rel_tol=1e-9, abs_tol=1e-15)
     else:
-        passed = abs(mean - toy.exact) <= sigmas * sem
-    detail = (f"mean {mean:.6g} vs exact {toy.exact:.6g}: {abs(mean - toy.exact) / sem if sem else 0:.2f} "
-              f"standard errors (sem {sem:.3g}, {len(values)} replicates, tolerance {sigmas})")
-    return CheckReport(passed, detail, estimates, mode="replicates", mean=mean)
+        unbiased = abs(mean - toy.exact) <= sigmas * sem
+    detectable = (sigmas + float(stats.norm.ppf(POWER))) * sem / toy.exact
+    inconclusive = unbiased and detectable > RESOLUTION
+    verdict = "failed" if not unbiased else "inconclusive" if inconclusive else "passed"
+    detail = (f"{verdict}: mean {mean:.6g} vs exact {toy.exact:.6g}: "
+              f"{abs(mean - toy.exact) / sem if sem else 0:.2f} standard errors (sem {sem:.3g}, {len(values)} "
+              f"replicates, tolerance {sigmas}); detects a relative bias of {detectable:.3g} with probability "
+              f"{POWER:g}" + (f", more than {RESOLUTION:g}: add seeds or budget, or use a toy small enough to "
+                              "enumerate" if inconclusive else ""))
+    return CheckReport(unbiased and not inconclusive, detail, estimates, mode="replicates", mean=mean,
+                       inconclusive=inconclusive, detectable_bias=detectable)
 
 
 def check_error_bars(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget,

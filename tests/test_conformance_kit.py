@@ -4,8 +4,12 @@ The exact mode of ``check_unbiased`` enumerates every joint outcome of an estima
 so its tests use toys and budgets with at most 729 paths; the tolerance is ``EXACT_REL_TOL`` (1e-9 relative).
 """
 
+import math
+import re
+import statistics
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,9 @@ from lowprob.plugins.builtin.itgis import ITGIS, ITGISState
 from lowprob.plugins.builtin.mhis import MHIS
 from lowprob.plugins.builtin.naive import NaiveMonteCarlo
 from lowprob.plugins.testing import (
+    EXACT_REL_TOL,
+    RESOLUTION,
+    CheckReport,
     ToyProblem,
     check_consistent,
     check_unbiased,
@@ -265,3 +272,68 @@ def test_naive_and_itgis_are_exactly_unbiased_on_random_toys(seed: int, shape: t
     for estimator, (options, budget) in ((NaiveMonteCarlo, NAIVE_TWO), (ITGIS, ITGIS_TWO)):
         report = check_unbiased(estimator, toy, budget, options=options, mode="exact")
         assert report.passed, report.detail
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+
+
+def _documented_check(estimator: type) -> CheckReport:
+    """docs/plugins.md's "Test it" example as written: its toy (the ``toy = ...`` line of the doctest) and its
+    ``check_unbiased(YourEstimator, ...)`` call, with ``estimator`` as ``YourEstimator``."""
+    text = DOCS.read_text(encoding="utf-8")
+    toy_line = next(line.removeprefix(">>> ") for line in text.splitlines() if line.startswith(">>> toy = "))
+    call = next(line for block in re.findall(r"```python\n(.*?)```", text, re.S) for line in block.splitlines()
+                if "check_unbiased(YourEstimator" in line)
+    namespace = {"Budget": Budget, "check_unbiased": check_unbiased, "lookup_model": lookup_model,
+                 "toy_problem": toy_problem, "YourEstimator": estimator}
+    exec(f"{toy_line}\n{call}", namespace)
+    return namespace["report"]
+
+
+def test_the_documented_example_fails_the_estimator_that_drops_its_weights() -> None:
+    dropped = _documented_check(RawHits)
+    assert (dropped.verdict, dropped.mode) == ("failed", "exact"), dropped.detail
+    kept = _documented_check(ITGIS)
+    assert (kept.verdict, kept.mode) == ("passed", "exact"), kept.detail
+
+
+def test_an_underpowered_replicate_check_is_inconclusive_not_passed() -> None:
+    """Two-sample runs on the default 216-sequence toy: too many paths to enumerate, and 100 replicates could
+    only see a bias of about 100 %, so neither the unbiased ITGIS nor the one without weights passes."""
+    toy = toy_problem()
+    for estimator in (ITGIS, RawHits):
+        report = check_unbiased(estimator, toy, Budget(model_calls=6), options={"batch_size": 1})
+        assert report.mode == "replicates" and "TooManyPaths" in report.detail
+        assert (report.verdict, report.passed, report.inconclusive) == ("inconclusive", False, True), report.detail
+        assert report.detectable_bias is not None and report.detectable_bias > RESOLUTION
+        assert f"detects a relative bias of {report.detectable_bias:.3g}" in report.detail
+
+
+class Shrunk(NaiveMonteCarlo):
+    """Naive Monte Carlo biased 10 % low."""
+
+    name = "shrunk"
+
+    def result(self, state, problem, level):  # type: ignore[no-untyped-def]
+        out = super().result(state, problem, level)
+        return replace(out, value=0.9 * out.value)
+
+
+def test_a_replicate_check_with_power_passes_or_fails_and_says_what_it_could_see(lookup: ToyProblem) -> None:
+    """100 runs of 2000 samples (p ≈ 0.17): the smallest bias seen with probability 0.8 is a few per cent,
+    ``(4 + z_0.8) · sem / p``, so the unbiased estimator passes and one 10 % low fails."""
+    budget, options = Budget(model_calls=2000), {"batch_size": 2000}
+    report = check_unbiased(NaiveMonteCarlo, lookup, budget, seeds=range(100), options=options, mode="replicates")
+    assert report.verdict == "passed", report.detail
+    values = [e.value for e in report.estimates]
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    assert report.detectable_bias == pytest.approx((4 + 0.8416212) * sem / lookup.exact, rel=1e-6)
+    assert report.detectable_bias < RESOLUTION / 2
+    biased = check_unbiased(Shrunk, lookup, budget, seeds=range(100), options=options, mode="replicates")
+    assert (biased.verdict, biased.inconclusive) == ("failed", False), biased.detail
+
+
+def test_the_exact_check_reports_its_tolerance_as_what_it_could_see(binary_lookup: ToyProblem) -> None:
+    options, budget = NAIVE_TWO
+    report = check_unbiased(NaiveMonteCarlo, binary_lookup, budget, options=options)
+    assert (report.verdict, report.mode, report.detectable_bias) == ("passed", "exact", EXACT_REL_TOL)
