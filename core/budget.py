@@ -17,7 +17,7 @@ class Budget(BaseModel):
     backward pass costs about two forwards in FLOPs). At least one of the three limits must be set.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # `model_calls = true` or "5" is an error
 
     model_calls: int | None = Field(default=None, description="forward + backward_weight × backward passes")
     seconds: float | None = Field(default=None, description="wall-clock seconds")

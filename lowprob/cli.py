@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,34 +20,70 @@ from lowprob.api import (
     resolve_spec,
     run_problem,
 )
+from lowprob.cli_params import SEED, Count, FilePath, Number, check_device
 from lowprob.core.budget import Budget
 from lowprob.core.certified_argmax import PRECISIONS
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem
 from lowprob.core.progress import progress_bar
+from lowprob.core.vocabulary import Vocabulary
 from lowprob.engine import Engine, Job
 from lowprob.experiments import open_results, plan, run
+from lowprob.ground_truth import MAX_RESERVOIR, MAX_SHARD_SIZE, MAX_SHARDS
 from lowprob.plugins import Registry, load_registry, plugin_infos
 from lowprob.report import format_table, markdown_table, summary_table
 from lowprob.results import ResultRow, RowSpec
 
+EXIT_USER_ERROR = 1
+"""Exit status of bad input (a :class:`LowprobError`); click's own usage errors exit with 2."""
+EXIT_INTERNAL_ERROR = 70
+"""Exit status of a bug (an unexpected exception): ``EX_SOFTWARE`` of sysexits.h."""
+EXIT_INTERRUPTED = 130
+MAX_SHOWN_SAMPLES = 10_000
+"""Decoded samples ``estimate --samples`` and ``sample -n`` print at most (more is not for reading)."""
+
+
+def _echo_err(message: str) -> None:
+    """Print to stderr; characters the terminal cannot take (lone surrogates from bad bytes) are escaped."""
+    click.echo(message.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
+
 
 def _fail(message: str) -> NoReturn:
-    click.echo(message if ": error:" in message.split("\n", 1)[0] else f"error: {message}", err=True)
-    sys.exit(1)
+    _echo_err(message if ": error:" in message.split("\n", 1)[0] else f"error: {message}")
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _shown(args: list[str], width: int = 80) -> str:
+    """The command line as typed, each argument cut to ``width`` characters."""
+    return " ".join(a if a and a.isprintable() and " " not in a else repr(a) for a in
+                    (arg if len(arg) <= width else arg[:width - 3] + "..." for arg in args))
 
 
 class _Group(click.Group):
-    """Turns lowprob's own errors into one clear message and exit status 1 instead of a traceback."""
+    """The one error boundary: lowprob's own errors become one clear message and exit status 1; any other
+    exception is a bug, reported in one paragraph (command, input, how to see the traceback) with exit
+    status 70; Ctrl-C exits 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        args = [*getattr(ctx, "_protected_args", ()), *ctx.args]
         try:
             return super().invoke(ctx)
         except LowprobError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
-            click.echo("interrupted; results written so far are kept (rerun to resume)", err=True)
-            sys.exit(130)
+            _echo_err("interrupted; results written so far are kept (rerun to resume)")
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("verbose"):
+                _echo_err(traceback.format_exc().rstrip())
+            detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+            _echo_err(f"internal error in `lowprob {_shown(args)}`: {type(exc).__name__}"
+                      f"{': ' + detail if detail else ''}. This is a bug in lowprob or one of its plugins, not a "
+                      f"problem with your input; rerun as `lowprob -v {args[0] if args else ''} ...` to see the "
+                      f"traceback, and include it when you report the bug.")
+            sys.exit(EXIT_INTERNAL_ERROR)
 
 
 def _registry() -> Registry:
@@ -129,17 +166,20 @@ def main(verbose: bool) -> None:
 @click.option("--estimator", default="naive", show_default=True, help="Registered estimator name.")
 @click.option("-o", "--option", "options", multiple=True, help="Estimator option key=value (repeatable).")
 @_with_budget
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--level", type=float, default=0.95, show_default=True, help="Confidence level.")
-@click.option("--samples", type=int, default=3, show_default=True, help="Decoded input samples to show.")
-@click.option("--output", type=click.Path(path_type=Path), default=None, help="Append the result to this JSONL file.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--level", type=Number(0, 1, open_min=True, open_max=True), default=0.95, show_default=True,
+              help="Confidence level.")
+@click.option("--samples", type=click.IntRange(0, MAX_SHOWN_SAMPLES), default=3, show_default=True,
+              help="Decoded input samples to show.")
+@click.option("--output", type=FilePath(path_type=Path), default=None, help="Append the result to this JSONL file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
+@click.option("--dry-run", is_flag=True, help="Validate everything and show the problem; estimate nothing.")
 def estimate(spec: str, model: str | None, distribution: str | None, target: str | None, estimator: str,
              options: tuple[str, ...], budget_calls: int | None, budget_seconds: float | None,
              budget_rel_error: float | None, backward_weight: float, paper_budget: bool, seed: int, level: float,
              samples: int,
-             output: Path | None, as_json: bool, progress: bool | None) -> None:
+             output: Path | None, as_json: bool, progress: bool | None, dry_run: bool) -> None:
     """Estimate one probability: SPEC is a spec file, a registered distribution, or DSL text.
 
     \b
@@ -163,6 +203,9 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
     if not as_json:
         _show_problem(problem, samples, seed)
         click.echo(f"estimator    {estimator} with budget {budget.describe()}, seed {seed}")
+    if dry_run:
+        click.echo("dry run      nothing estimated")
+        return
     result = run_problem(registry, problem, chosen, None, budget, seed, level=level, progress=progress)
     written = None
     if results is not None:
@@ -182,7 +225,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
 
 
 @main.command(name="run")
-@click.argument("experiment", type=click.Path(path_type=Path))
+@click.argument("experiment", type=FilePath(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and list what would run; run nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar over estimates.")
 def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
@@ -220,9 +263,9 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
 
 @main.command(name="reproduce")
 @click.option("--quick", is_flag=True, help="The shipped quick variant (≤ 20 minutes on a 2-core CPU).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+@click.option("--config", "config_path", type=FilePath(path_type=Path), default=None,
               help="A reproduce config (TOML) instead of the shipped one.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--output", type=FilePath(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: the config's `output`, relative to the working directory).")
 @click.option("--only-model", default=None, help="Run only this model of the config (the report covers all).")
 @click.option("--only-distribution", default=None, help="Run only this distribution of the config.")
@@ -281,8 +324,8 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
 @click.argument("spec")
 @click.option("--model", default=None, help="Model whose tokenizer and context the spec compiles against.")
 @click.option("--distribution", default=None)
-@click.option("-n", "count", type=int, default=5, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-n", "count", type=click.IntRange(1, MAX_SHOWN_SAMPLES), default=5, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def sample(spec: str, model: str | None, distribution: str | None, count: int, seed: int) -> None:
     """Show decoded samples of a distribution with their log-probabilities.
 
@@ -400,36 +443,33 @@ def ground_truth() -> None:
     """Count how often each token is the argmax over many sampled inputs (sharded, resumable, mergeable)."""
 
 
-def parse_count(value: str) -> int:
-    """An integer, or ``2^k``."""
-    base, caret, exponent = value.partition("^")
-    try:
-        return int(base) ** int(exponent) if caret else int(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an integer or 2^k") from None
-
-
 @ground_truth.command(name="run")
 @click.argument("spec")
 @click.option("--model", default=None, help="Model name (default: the registry's default model).")
 @click.option("--distribution", default=None, help="Which `dist` of the spec (default: main or the only one).")
-@click.option("--samples", required=True, help="Inputs to count, an integer or 2^k (a multiple of the shard size).")
-@click.option("--shard-size", default="2^16", show_default=True, help="Inputs per shard (the unit of resume).")
-@click.option("--first-seed", type=int, default=0, show_default=True,
+@click.option("--samples", type=Count(1, MAX_SHARDS * MAX_SHARD_SIZE), required=True,
+              help="Inputs to count, an integer or 2^k (a multiple of the shard size, at most 2^20 shards).")
+@click.option("--shard-size", type=Count(1, MAX_SHARD_SIZE), default="2^16", show_default=True,
+              help="Inputs per shard (the unit of resume).")
+@click.option("--first-seed", type=SEED, default=0, show_default=True,
               help="First shard seed; give other machines disjoint seed ranges and merge their files.")
-@click.option("--reservoir", type=int, default=8, show_default=True, help="Hitting inputs kept per rare token.")
-@click.option("--reservoir-max-p", type=float, default=1e-3, show_default=True,
+@click.option("--reservoir", type=click.IntRange(0, MAX_RESERVOIR), default=8, show_default=True,
+              help="Hitting inputs kept per rare token.")
+@click.option("--reservoir-max-p", type=Number(0, 1), default=1e-3, show_default=True,
               help="Tokens more frequent than this keep no hitting inputs.")
-@click.option("--batch-size", type=int, default=4096, show_default=True)
-@click.option("--device", default=None, help="torch device (default: cuda when available, else cpu).")
+@click.option("--batch-size", type=click.IntRange(1, 1 << 24), default=4096, show_default=True,
+              help="Inputs per forward pass.")
+@click.option("--device", default=None, callback=check_device,
+              help="torch device (default: cuda when available, else cpu).")
 @click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
               help="Unembedding precision; counts stay the float32 ones (rows the error bound cannot certify are "
                    "recomputed in float32). Faster on GPUs; tf32 is CUDA only.")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Ground-truth file (resumed if there).")
+@click.option("--output", type=FilePath(path_type=Path), required=True, help="Ground-truth file (resumed if there).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
-def ground_truth_run(spec: str, model: str | None, distribution: str | None, samples: str, shard_size: str,
+@click.option("--dry-run", is_flag=True, help="Validate everything and show what would be counted; count nothing.")
+def ground_truth_run(spec: str, model: str | None, distribution: str | None, samples: int, shard_size: int,
                      first_seed: int, reservoir: int, reservoir_max_p: float, batch_size: int, device: str | None,
-                     precision: str, output: Path, progress: bool | None) -> None:
+                     precision: str, output: Path, progress: bool | None, dry_run: bool) -> None:
     """Count argmax tokens of SPEC's inputs (a registered distribution, a spec file or DSL text).
 
     \b
@@ -437,30 +477,38 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
       lowprob ground-truth run caps --model lowprob-1l --samples 2^20 --output gt/lowprob-1l/caps.json
     """
     from lowprob.core.model import ModelAdapter
-    from lowprob.ground_truth import run_ground_truth
+    from lowprob.ground_truth import check_run, pending_seeds, run_ground_truth
 
+    settings = {"samples": samples, "shard_size": shard_size, "first_seed": first_seed}
+    limits = {"reservoir_size": reservoir, "reservoir_max_p": reservoir_max_p, "batch_size": batch_size}
+    existing = check_run(output, **settings, **limits)
     registry = _registry()
     source = resolve_spec(spec, registry)
     compiled = compile_source(registry, source, model=model)
     adapter = compiled.model
+    dist = compiled.spec.distribution(distribution)
+    name = source.name if distribution is None else distribution
+    if dry_run:
+        todo = pending_seeds(existing, adapter, dist, name, output, **settings)
+        click.echo(f"{output}: {adapter.name} on {name} (hash {dist.content_hash}): {samples // shard_size} shards "
+                   f"of {shard_size} wanted, {samples // shard_size - len(todo)} already there, {len(todo)} to count")
+        return
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu":
         adapter = ModelAdapter(adapter.model.to(device), adapter.vocab, adapter.name, device=device)
-    dist = compiled.spec.distribution(distribution)
-    total = run_ground_truth(adapter, dist, source.name if distribution is None else distribution, output,
-                             samples=parse_count(samples), shard_size=parse_count(shard_size),
-                             first_seed=first_seed, reservoir_size=reservoir, reservoir_max_p=reservoir_max_p,
-                             batch_size=batch_size, precision=precision, progress=progress)
+    total = run_ground_truth(adapter, dist, name, output, **settings, **limits, precision=precision,
+                             progress=progress)
     _show_ground_truth(total, output)
 
 
 @ground_truth.command(name="merge")
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--output", type=click.Path(path_type=Path), required=True)
+@click.argument("files", nargs=-1, required=True, type=FilePath(path_type=Path, exists=True, dir_okay=False))
+@click.option("--output", type=FilePath(path_type=Path), required=True)
 def ground_truth_merge(files: tuple[Path, ...], output: Path) -> None:
     """Merge ground-truth files with disjoint shard seeds (e.g. from several machines) into one."""
-    from lowprob.ground_truth import GroundTruth
+    from lowprob.ground_truth import GroundTruth, check_output
 
+    check_output(output)
     total = GroundTruth.load(files[0])
     for path in files[1:]:
         total = total.merge(GroundTruth.load(path))
@@ -469,17 +517,29 @@ def ground_truth_merge(files: tuple[Path, ...], output: Path) -> None:
 
 
 @ground_truth.command(name="show")
-@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--top", type=int, default=10, show_default=True, help="Most frequent argmax tokens to list.")
+@click.argument("file", type=FilePath(path_type=Path, exists=True, dir_okay=False))
+@click.option("--top", type=click.IntRange(0), default=10, show_default=True,
+              help="Most frequent argmax tokens to list.")
 def ground_truth_show(file: Path, top: int) -> None:
-    """Summarise a ground-truth file."""
+    """Summarise a ground-truth file: its provenance and the most frequent argmax tokens (id and token)."""
     from lowprob.ground_truth import GroundTruth
 
-    _show_ground_truth(GroundTruth.load(file), file, top)
+    gt = GroundTruth.load(file)
+    vocab = None
+    if top:
+        try:
+            vocab = _registry().model(gt.model).vocab
+        except LowprobError as exc:
+            click.echo(f"(tokens not shown: {exc})", err=True)
+        if vocab is not None and vocab.size != gt.d_vocab:
+            click.echo(f"(tokens not shown: model {gt.model!r} now has {vocab.size} tokens, the file {gt.d_vocab})",
+                       err=True)
+            vocab = None
+    _show_ground_truth(gt, file, top, vocab)
 
 
 @ground_truth.command(name="list")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--root", type=FilePath(path_type=Path, file_okay=False), default=None,
               help="A folder of <model>/<distribution>.json files (default: the shipped ones).")
 def ground_truth_list(root: Path | None) -> None:
     """The shipped ground truths as a Markdown table (samples, tokens seen, tokens with >= 12 hits)."""
@@ -493,29 +553,31 @@ def ground_truth_list(root: Path | None) -> None:
          for gt in (load_shipped(m, d, root) for m, d in shipped_pairs(root))]))
 
 
-def _show_ground_truth(gt: Any, path: Path, top: int = 0) -> None:
+def _show_ground_truth(gt: Any, path: Path, top: int = 0, vocab: Vocabulary | None = None) -> None:
     click.echo(f"{path}: {gt.model} on {gt.distribution} (hash {gt.distribution_hash[:16]}), {gt.samples} samples "
                f"in {len(gt.seeds)} shards of {gt.shard_size}, {int((gt.counts > 0).sum())} tokens seen, "
                f"{gt.metadata.get('seconds', '?')} s counting")
     if gt.metadata.get("precision", "fp32") != "fp32":
         click.echo(f"unembedding in {gt.metadata['precision']}, certified; {gt.metadata.get('rechecked', 0)} rows "
                    f"recomputed in float32")
-    order = gt.counts.argsort()[::-1][:top]
+    order = gt.counts.argsort(kind="stable")[::-1][:top]
     for t in order:
         if gt.counts[t]:
-            click.echo(f"  {int(t):>6}  {int(gt.counts[t]):>12}  p = {gt.probability(int(t)):.3e}")
+            token = f"  {vocab.token_string(int(t))!r}" if vocab is not None else ""
+            click.echo(f"  {int(t):>6}{token}  {int(gt.counts[t]):>12}  p = {gt.probability(int(t)):.3e}")
 
 
 @main.command()
 @click.argument("model")
 @click.argument("distribution")
 @click.option("--estimator", default="tsmc", show_default=True, help="tsmc or tsmc-ctl (its default twist).")
-@click.option("--tokens", "n_tokens", type=int, default=4, show_default=True,
+@click.option("--tokens", "n_tokens", type=click.IntRange(1), default=4, show_default=True,
               help="The rarest tokens with at least --min-hits ground-truth hits and stored hitting inputs.")
-@click.option("--min-hits", type=int, default=12, show_default=True)
-@click.option("--runs", type=int, default=8, show_default=True, help="Forward SMC runs for the lower bound.")
-@click.option("--particles", type=int, default=None, help="Particles per run (default: the estimator's).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--min-hits", type=click.IntRange(1), default=12, show_default=True)
+@click.option("--runs", type=click.IntRange(1), default=8, show_default=True,
+              help="Forward SMC runs for the lower bound.")
+@click.option("--particles", type=click.IntRange(1), default=None, help="Particles per run (default: the estimator's).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def brackets(model: str, distribution: str, estimator: str, n_tokens: int, min_hits: int, runs: int,
              particles: int | None, seed: int) -> None:
     """Twisted-SMC log-Z brackets [lower, upper] on targets of a shipped ground truth, with the KL gaps.
@@ -528,8 +590,8 @@ def brackets(model: str, distribution: str, estimator: str, n_tokens: int, min_h
     from lowprob.ground_truth import load_shipped
 
     gt = load_shipped(model, distribution)
-    candidates = sorted((int(t) for t in range(gt.d_vocab) if gt.counts[t] >= min_hits and gt.hits(int(t))),
-                        key=lambda t: int(gt.counts[t]))[:n_tokens]
+    candidates = sorted((t for t in range(gt.d_vocab) if gt.hits(t) >= min_hits and gt.hitting_inputs(t)),
+                        key=gt.hits)[:n_tokens]
     if not candidates:
         raise LowprobError(f"no token of {model}/{distribution} has {min_hits} ground-truth hits and stored "
                            "hitting inputs")
@@ -542,10 +604,10 @@ def brackets(model: str, distribution: str, estimator: str, n_tokens: int, min_h
 
 
 @main.command(name="freq-table")
-@click.argument("textfiles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--tokenizer", "tokenizer_path", required=True, type=click.Path(exists=True, dir_okay=False,
+@click.argument("textfiles", nargs=-1, required=True, type=FilePath(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tokenizer", "tokenizer_path", required=True, type=FilePath(exists=True, dir_okay=False,
               path_type=Path), help="A Hugging Face tokenizer.json.")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Table file to write.")
+@click.option("--output", required=True, type=FilePath(dir_okay=False, path_type=Path), help="Table file to write.")
 @click.option("--bos", default="<|BOS|>", show_default=True, help="The tokenizer's BOS token string.")
 @click.option("--eos", default="<|EOS|>", show_default=True, help="The tokenizer's EOS token string.")
 def freq_table(textfiles: tuple[Path, ...], tokenizer_path: Path, output: Path, bos: str, eos: str) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from lowprob.core.random import MAX_SEED
 
-MAX_EXPONENT = 64
+MAX_EXPONENT = 256
 """``2^k`` counts take ``k`` up to this (a larger power is refused before it is computed)."""
 
 
@@ -109,3 +109,12 @@ def check_device(ctx: click.Context, param: click.Parameter, value: str | None) 
     elif device.type != "cpu":
         raise click.BadParameter(f"{value!r}: lowprob counts on cpu, cuda or mps, not {device.type}")
     return value
+
+
+class FilePath(click.Path):
+    """``click.Path`` that refuses a NUL character cleanly (``os.stat`` would raise ``ValueError``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if "\x00" in str(value):
+            self.fail(f"{str(value)!r} is not a valid path (it contains a NUL character)", param, ctx)
+        return super().convert(value, param, ctx)

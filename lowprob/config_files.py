@@ -30,6 +30,10 @@ def read_toml_config(path: Path | str, model: type[ConfigT], what: str) -> Confi
         raise LowprobError(f"{what} {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise LowprobError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LowprobError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise LowprobError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         return model(**data)
     except ValidationError as exc:

@@ -67,7 +67,7 @@ class ExperimentFile(StrictModel):
     output: str = Field(description="results file (JSON lines), relative to the experiment file")
     models: list[str] = Field(default_factory=list, description="model names; default: the default model")
     seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
-    level: float = Field(default=0.95, gt=0, lt=1)
+    level: float = Field(default=0.95, gt=0, lt=1, strict=True)
     distributions: list[DistributionEntry] = Field(min_length=1)
     estimators: list[EstimatorEntry] = Field(min_length=1)
     budgets: list[Budget | BudgetPreset] = Field(min_length=1)

@@ -402,6 +402,8 @@ def count_shard(adapter: ModelAdapter, distribution: InputDistribution, name: st
 def check_output(path: Path) -> None:
     """Refuse, before anything is counted, an output the atomic rewrite could not write or should not replace:
     a folder, a read-only file (the rename would silently swap it for a writable one), an unwritable folder."""
+    if "\x00" in str(path):
+        raise LowprobError(f"output {str(path)!r} is not a valid path (it contains a NUL character)")
     if path.is_dir():
         raise LowprobError(f"output {path} is a folder; name a ground-truth file (e.g. {path / 'counts.json'})")
     if path.exists():
