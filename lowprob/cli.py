@@ -153,6 +153,10 @@ def main(verbose: bool) -> None:
     Quick start (the built-in default model and a built-in distribution):
       lowprob estimate caps --target 'argmax == "CESS"' --budget-calls 100000
       lowprob run examples/experiments/demo.toml
+
+    \b
+    Exit status: 0 done, 1 bad input (the message says what and where), 2 bad command line, 70 internal
+    error (a bug: rerun with -v for the traceback), 130 interrupted.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="lowprob: %(message)s")
 
@@ -257,7 +261,7 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
                           f"{row.estimate.summary()}")
     finally:
         bar.close()
-    click.echo(summary_table(r for r in results.rows.values() if r.key in {job.key for job in exp.jobs}))
+    click.echo(summary_table(results.rows.values()))
     click.echo(f"results: {exp.output}")
 
 
@@ -636,6 +640,53 @@ def freq_table(textfiles: tuple[Path, ...], tokenizer_path: Path, output: Path, 
     save_table(output, FrequencyTable(output.stem, len(textfiles), vocabulary_fingerprint(vocab), counts))
     click.echo(f"{output}: {len(textfiles)} documents, {int(counts.sum())} tokens, "
                f"{int((counts > 0).sum())} of {vocab.size} token ids seen")
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that score every estimator against known answers."""
+
+
+@bench.command(name="known-answer")
+@click.option("--quick", is_flag=True, help="A small subset: depths 1e-5 and 1e-9, 4 replicates, 4096 calls.")
+@click.option("--replicates", type=click.IntRange(1), default=None, help="Seeded replicates (default 16).")
+@click.option("--budget-calls", type=click.IntRange(1), default=None,
+              help="Model calls per estimate (default: each estimator's paper budget, 2^16).")
+@click.option("--estimator", "estimators", multiple=True, help="Only this estimator (repeatable).")
+@click.option("--depth", "depths", type=click.IntRange(1, 300), multiple=True,
+              help="Only this depth, as an exponent: 9 for 1e-9 (repeatable).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-known-answer"),
+              show_default=True, help="Folder for results.jsonl, summary.md and summary.json.")
+@click.option("--list", "list_only", is_flag=True, help="List the problems and their exact values; run nothing.")
+def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | None, estimators: tuple[str, ...],
+                       depths: tuple[int, ...], output: Path, list_only: bool) -> None:
+    """Run every registered estimator on every planted problem with an exact answer (docs/known-answer.md).
+
+    Resumable: rerun the same command to continue; rows already in OUTPUT/results.jsonl are kept.
+
+    \b
+    Example:
+      lowprob bench known-answer --quick
+    """
+    from lowprob import bench as known
+
+    registry = _registry()
+    selection = known.Selection.of(quick, replicates, budget_calls, estimators, depths)
+    if list_only:
+        answers = [a for a in known.known_answers(registry, ("test", "tuning", "calibration"))
+                   if not selection.exponents or known.exponent(a) in selection.exponents]
+        click.echo(format_table(("model", "spec", "family", "role", "exact p", "log10 p"),
+                                [[a.model, a.spec, a.family, a.role, f"{a.exact_p:.12e}", f"{a.exact.log10:.4f}"]
+                                 for a in answers]))
+        return
+    plan_, answers = known.prepare(registry, selection)
+    click.echo(f"{len(answers)} problems, {len(plan_.jobs)} estimates ({selection.describe()}); "
+               f"left out: {', '.join(sorted(plan_.skipped)) or 'none'}", err=True)
+    rows = list(known.run(plan_, registry, output / "results.jsonl"))
+    summaries = known.summarize(Engine(output / "results.jsonl").rows.values(), plan_.answers)
+    md, js = known.write_outputs(output, summaries, answers, plan_.skipped, selection.describe())
+    click.echo(known.text_table(summaries))
+    click.echo(f"{len(rows)} new estimates; wrote {md} and {js}", err=True)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

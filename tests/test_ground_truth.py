@@ -3,30 +3,38 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+import lowprob.ground_truth as ground_truth
 from lowprob.api import compile_source, resolve_spec
 from lowprob.cli import main
 from lowprob.core.counting import count_argmax
 from lowprob.core.errors import LowprobError
 from lowprob.ground_truth import (
     GroundTruth,
+    checksum,
     compress_seeds,
     expand_seeds,
     load_shipped,
     run_ground_truth,
     shard_generator,
     shipped_pairs,
+    shipped_root,
 )
 from lowprob.plugins import load_registry
 from lowprob.plugins.testing import lookup_model, tiny_model, toy_problem
@@ -114,6 +122,135 @@ def test_ground_truth_files_round_trip_and_damage_is_reported(tmp_path: Path) ->
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(LowprobError, match="not JSON"):
         GroundTruth.load(tmp_path / "junk.json")
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> dict[str, Any]:
+    """The JSON of a small ground truth with a reservoir, as written (with its checksum)."""
+    problem = toy_problem(seed=5)
+    run_ground_truth(problem.model, problem.distribution, "toy", tmp_path / "gt.json", samples=256, shard_size=128,
+                     reservoir_size=2, reservoir_max_p=1.0)
+    data: dict[str, Any] = json.loads((tmp_path / "gt.json").read_text())
+    return data
+
+
+def _moved(data: dict[str, Any]) -> None:
+    first, second = list(data["counts"])[:2]
+    data["counts"][first] += 1
+    data["counts"][second] -= 1
+
+
+def _negative(data: dict[str, Any]) -> None:
+    first, second = list(data["counts"])[:2]
+    data["counts"][first] += data["counts"][second] + 5
+    data["counts"][second] = -5
+
+
+def _token(data: dict[str, Any], key: str) -> None:
+    first = next(iter(data["counts"]))
+    data["counts"][key] = data["counts"].pop(first)
+
+
+def _unhit(data: dict[str, Any]) -> None:
+    token = next(t for t in range(data["d_vocab"]) if str(t) not in data["counts"])
+    data["reservoir"][str(token)] = [[0, 0, 0]]
+
+
+def _reservoir_id(data: dict[str, Any]) -> None:
+    rows = next(iter(data["reservoir"].values()))
+    rows[0][0] = data["d_vocab"]
+
+
+DAMAGE: list[tuple[str, Callable[[dict[str, Any]], None], bool, str]] = [
+    # (what, damage, drop the checksum (an older file), the message)
+    ("counts moved between tokens", _moved, False, "checksum: does not match the file's contents"),
+    ("a negative count offset", _negative, True, "counts.1: Input should be greater than or equal to 0"),
+    ("token id -1", lambda d: _token(d, "-1"), True, "counts: key '-1': not a token id"),
+    ("token id 08", lambda d: _token(d, "08"), True, "counts: key '08': not a token id"),
+    ("token id = d_vocab", lambda d: _token(d, "6"), True, "counts.6: token id 6 is outside the vocabulary"),
+    ("a reservoir id outside the vocabulary", _reservoir_id, True, "is not a list of 3 token ids below 6"),
+    ("a reservoir token outside the vocabulary", lambda d: d["reservoir"].update({"7": [[0, 0, 0]]}), True,
+     "reservoir.7: token id 7 is outside the vocabulary"),
+    ("a stored input of a token with no hits", _unhit, True, "1 hitting inputs, more than the reservoir size 2 or "
+                                                                 "the token's count 0"),
+    ("a float count", lambda d: d["counts"].update({k: float(v) for k, v in d["counts"].items()}), True,
+     "Input should be a valid integer"),
+    ("a seed range of 2^62 shards", lambda d: d.update(seeds=[[0, 2**62]]), True, "more than the 1048576 a file"),
+    ("overlapping seed ranges", lambda d: d.update(seeds=[[0, 1], [1, 1]]), True, "seeds.1: [1, 1] is not an "
+                                                                                     "increasing range"),
+    ("metadata seconds not a number", lambda d: d["metadata"].update(seconds="abc"), True,
+     "metadata.seconds: Input should be a valid number"),
+    ("a missing field", lambda d: d.pop("counts"), True, "counts: required"),
+    ("an unknown field", lambda d: d.update(colour=1), True, "unknown key 'colour'"),
+]
+
+
+@pytest.mark.parametrize(("damage", "drop_checksum", "message"), [d[1:] for d in DAMAGE], ids=[d[0] for d in DAMAGE])
+def test_a_damaged_ground_truth_file_is_refused_naming_file_and_field(
+        written: dict[str, Any], tmp_path: Path, damage: Callable[[dict[str, Any]], None], drop_checksum: bool,
+        message: str) -> None:
+    if drop_checksum:  # files written before checksums are validated field by field
+        del written["checksum"]
+    damage(written)
+    (tmp_path / "bad.json").write_text(json.dumps(written))
+    with pytest.raises(LowprobError) as error:
+        GroundTruth.load(tmp_path / "bad.json")
+    assert str(error.value).startswith(f"{tmp_path / 'bad.json'}: damaged ground-truth file")
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (b'{"format": "lowprob-ground-truth/1", "model": "\xff"}', "not a ground-truth file (not UTF-8 text: byte 47)"),
+    (b"[]", "its JSON is an array, not an object"),
+    (b"null", "its JSON is null, not an object"),
+    (b"5", "its JSON is a number, not an object"),
+    (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
+])
+def test_a_file_that_is_not_a_ground_truth_is_refused(tmp_path: Path, raw: bytes, message: str) -> None:
+    (tmp_path / "x.json").write_bytes(raw)
+    with pytest.raises(LowprobError, match=re.escape(message)):
+        GroundTruth.load(tmp_path / "x.json")
+    with pytest.raises(LowprobError, match="cannot read the ground-truth file"):
+        GroundTruth.load(tmp_path)
+
+
+def test_files_carry_a_checksum_and_older_files_without_one_still_load(written: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    assert written["checksum"] == checksum(written) and written["checksum"].startswith("sha256:")
+    del written["checksum"]
+    (tmp_path / "old.json").write_text(json.dumps(written))
+    old = GroundTruth.load(tmp_path / "old.json")
+    assert old.to_json()["checksum"] == checksum(written)  # rewriting upgrades it
+    shipped = shipped_root() / "lowprob-1l" / "hex.json"
+    before = shipped.read_text()
+    assert "checksum" not in json.loads(before)  # the shipped files predate checksums and load as they are
+    assert json.dumps({k: v for k, v in load_shipped("lowprob-1l", "hex").to_json().items() if k != "checksum"},
+                      separators=(",", ":")) + "\n" == before
+
+
+def test_a_read_only_ground_truth_is_not_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = toy_problem(seed=4)
+    out = tmp_path / "gt.json"
+    run_ground_truth(problem.model, problem.distribution, "toy", out, samples=128, shard_size=128)
+    out.chmod(0o444)
+    before = out.read_bytes()
+    monkeypatch.setattr(ground_truth, "count_shard", lambda *a, **k: pytest.fail("a shard was counted"))
+    with pytest.raises(LowprobError, match="is read-only; make it writable"):
+        run_ground_truth(problem.model, problem.distribution, "toy", out, samples=256, shard_size=128)
+    assert out.read_bytes() == before and stat.S_IMODE(out.stat().st_mode) == 0o444
+
+
+def test_limits_are_refused_before_anything_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = toy_problem(seed=4)
+    monkeypatch.setattr(ground_truth, "count_shard", lambda *a, **k: pytest.fail("a shard was counted"))
+    for kwargs, message in [({"samples": 2**70, "shard_size": 2**16}, "a file holds at most 1048576 shards"),
+                            ({"samples": 128, "shard_size": 0}, "the shard size must be from 1"),
+                            ({"samples": 128, "shard_size": 128, "batch_size": 0}, "batch size must be at least 1"),
+                            ({"samples": 128, "shard_size": 128, "reservoir_size": -1}, "reservoir size must be"),
+                            ({"samples": 128, "shard_size": 128, "reservoir_max_p": math.nan}, "in [0, 1], got nan")]:
+        with pytest.raises(LowprobError, match=re.escape(message)):
+            run_ground_truth(problem.model, problem.distribution, "toy", tmp_path / "gt.json", **kwargs)
+    assert not (tmp_path / "gt.json").exists()
 
 
 def test_seed_ranges_compress_and_shard_generators_are_not_small_integer_seeds() -> None:
