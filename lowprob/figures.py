@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -89,7 +90,7 @@ def scatter_grid(title: str, panels: Sequence[ScatterPanel], columns: int = 4) -
             ax.set_ylabel("estimate", fontsize=8)
         else:
             ax.set_axis_off()
-    handles: dict[str, object] = {}
+    handles: dict[str, Artist] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)

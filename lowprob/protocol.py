@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from lowprob.core.errors import LowprobError
-from lowprob.core.losses import Floats, itakura_saito_loss, squared_log_error
+from lowprob.core.losses import itakura_saito_loss, squared_log_error
 
 PAPER_BAND = (1e-9, 1e-5)
 """The paper's test band: 256 tokens with ground-truth probability in [1e-9, 1e-5]."""
@@ -23,6 +23,8 @@ PAPER_TUNING_BAND = (1e-5, 1e-3)
 """The paper's temperature-tuning band: 100 tokens in [1e-5, 1e-3]."""
 PAPER_TEMPERATURES = (0.2, 5.0, 9)
 """The paper's temperature sweep: 9 values from 0.2 to 5, evenly spaced in log space."""
+
+Floats = NDArray[np.float64]
 
 
 def min_hits(max_rel_error: float) -> int:

@@ -2,9 +2,10 @@
 
 For every (model, distribution): read the ground truth, pick seeded test and tuning tokens from probability
 bands, scale each method's paper budget to the band, tune each temperature option on the tuning tokens, run
-every method on every test token, and score the estimates. Each estimate is one row of an append-only results
-file, so a rerun skips what is done and a killed run loses at most the row in progress; the loss tables and
-figures are rebuilt from the results file at the end of every run.
+every method on every test token, and score the estimates. This module plans the rows (a :class:`Job` each)
+and computes one when its turn comes; :mod:`lowprob.engine` skips what is done and writes each row, so a killed
+run loses at most the row in progress. :mod:`lowprob.scoring` scores the rows and :mod:`lowprob.report` writes
+the loss tables and figures from them at the end of every run.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from lowprob.protocol import (
     select_targets,
     temperature_grid,
 )
-from lowprob.report import format_table
+from lowprob.report import format_table, write_losses_report
 from lowprob.results import ProtocolTags, ResultRow, RowSpec
+from lowprob.scoring import chosen_temperature
 
 TUNED_OPTION = "temperature"
 """The option tuned over the temperature grid, for every estimator that has it and does not fix it."""
@@ -374,8 +376,6 @@ class _Runner:
         return self.compiled[(pair.model, pair.distribution)]
 
     def _temperature(self, pair: PairPlan, method: MethodPlan) -> float:
-        from lowprob.scoring import chosen_temperature
-
         where = (pair.model, pair.distribution, method.label)
         if where not in self.temperatures:
             self.temperatures[where] = chosen_temperature(self.repro, pair, method, self.engine.rows)
@@ -391,7 +391,7 @@ class _Runner:
         if (pair.model, pair.distribution, method.label) not in self.supported:
             first = method.options | ({TUNED_OPTION: self.repro.temperatures[0]} if method.tuned else {})
             try:
-                self.registry.estimator(method.estimator)(first).check_problem(problem)
+                self.registry.create_estimator(method.estimator, first).check_problem(problem)
             except LowprobError as exc:
                 return ResultRow.of(self.repro.marker(pair, method), error=str(exc))
             self.supported.add((pair.model, pair.distribution, method.label))
@@ -418,8 +418,6 @@ def run(repro: Reproduction, registry: Registry, pairs: list[PairPlan],
 
 def write_report(repro: Reproduction, engine: Engine | None = None) -> list[Path]:
     """Write ``losses.md``, ``losses.json`` and the figures from the rows of the results file; returns the paths."""
-    from lowprob.report import write_losses_report
-
     return write_losses_report(repro, (engine or repro.open()).rows)
 
 

@@ -29,7 +29,7 @@ from lowprob.core.estimate import Estimate
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-"""The version of :class:`ResultRow` this lowprob writes and reads."""
+"""The version of :class:`ResultRow` this lowprob writes and reads (``ResultRow.format_version``)."""
 
 
 class ProtocolTags(StrictModel):
@@ -98,7 +98,7 @@ class RowSpec(StrictModel):
 class ResultRow(RowSpec):
     """One line of a results file: the spec, its ``key``, and the :class:`Estimate` or the error it ended in."""
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1] = 1
     key: str
     estimate: Estimate | None = None
     error: str | None = None
