@@ -29,6 +29,7 @@ from lowprob.core.estimator import Problem
 from lowprob.core.losses import optimal_constant
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
+from lowprob.core.random import Seed
 from lowprob.core.target import ArgmaxIs
 from lowprob.engine import Engine, Job
 from lowprob.ground_truth import GroundTruth, load_shipped
@@ -117,7 +118,7 @@ class ReproduceConfig(StrictModel):
     models: list[str] = Field(min_length=1)
     distributions: list[str] = Field(min_length=1, description="registered names or spec files")
     methods: list[MethodEntry] = Field(min_length=1)
-    seed: int = 0
+    seed: Seed = 0
     level: float = Field(default=0.95, gt=0, lt=1)
     targets: TargetRules = Field(default_factory=TargetRules)
     budget: BudgetRule = Field(default_factory=BudgetRule)
