@@ -79,7 +79,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel]) -> lis
             problem = f"{_path(inner)}: {problem}"
         forms.setdefault(_path(loc[:tag]), {}).setdefault(form, []).append(problem)
         lines.setdefault(_path(loc[:tag]), [])
-    out = []
+    out: list[str] = []
     for path, problems in lines.items():
         if path in forms:
             alternatives = " or ".join(f"{form} ({'; '.join(p)})" for form, p in forms[path].items())

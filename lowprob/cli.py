@@ -145,7 +145,8 @@ def _with_budget(fn: Any) -> Any:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lowprob")
-@click.option("-v", "--verbose", is_flag=True, help="Log what lowprob does.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log what lowprob does; on an internal error, print the traceback.")
 def main(verbose: bool) -> None:
     """Estimate the probability that a language model produces a rare output.
 
@@ -484,8 +485,8 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
     from lowprob.ground_truth import check_run, pending_seeds, run_ground_truth
 
     settings = {"samples": samples, "shard_size": shard_size, "first_seed": first_seed}
-    limits = {"reservoir_size": reservoir, "reservoir_max_p": reservoir_max_p, "batch_size": batch_size}
-    existing = check_run(output, **settings, **limits)
+    existing = check_run(output, **settings, reservoir_size=reservoir, reservoir_max_p=reservoir_max_p,
+                         batch_size=batch_size)
     registry = _registry()
     source = resolve_spec(spec, registry)
     compiled = compile_source(registry, source, model=model)
@@ -500,7 +501,8 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device != "cpu":
         adapter = ModelAdapter(adapter.model.to(device), adapter.vocab, adapter.name, device=device)
-    total = run_ground_truth(adapter, dist, name, output, **settings, **limits, precision=precision,
+    total = run_ground_truth(adapter, dist, name, output, **settings, reservoir_size=reservoir,
+                             reservoir_max_p=reservoir_max_p, batch_size=batch_size, precision=precision,
                              progress=progress)
     _show_ground_truth(total, output)
 

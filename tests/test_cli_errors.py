@@ -15,6 +15,7 @@ from fuzz.hostile_inputs import (
     COMMANDS,
     DEMO,
     EXAMPLES,
+    Mutation,
     Tally,
     flag_sets,
     mutations,
@@ -293,7 +294,7 @@ def test_generated_experiment_files_end_in_a_clean_error_or_a_valid_plan(registr
 
     @settings(max_examples=24, derandomize=True, deadline=None, database=None)
     @given(st.sampled_from(EXAMPLES), st.lists(mutations(), max_size=2))
-    def case(source: Path, changes: list) -> None:  # type: ignore[type-arg]
+    def case(source: Path, changes: list[Mutation]) -> None:
         run_experiment_case(tally, source, changes, tmp_path)
 
     case()
