@@ -659,8 +659,10 @@ def bench() -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-known-answer"),
               show_default=True, help="Folder for results.jsonl, summary.md and summary.json.")
 @click.option("--list", "list_only", is_flag=True, help="List the problems and their exact values; run nothing.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Torch threads (estimators run small batches; the speed column is measured on one thread).")
 def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | None, estimators: tuple[str, ...],
-                       depths: tuple[int, ...], output: Path, list_only: bool) -> None:
+                       depths: tuple[int, ...], output: Path, list_only: bool, threads: int) -> None:
     """Run every registered estimator on every planted problem with an exact answer (docs/known-answer.md).
 
     Resumable: rerun the same command to continue; rows already in OUTPUT/results.jsonl are kept.
@@ -671,6 +673,7 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
     """
     from lowprob import bench as known
 
+    torch.set_num_threads(threads)
     registry = _registry()
     selection = known.Selection.of(quick, replicates, budget_calls, estimators, depths)
     if list_only:
