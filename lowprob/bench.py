@@ -149,6 +149,7 @@ class Summary:
     seconds: float | None
     model_calls: float | None
     calls_per_second_vs_naive: float | None
+    first_error: str | None = None
 
 
 def _speed(rows: Sequence[tuple[ResultRow, KnownAnswer]]) -> float | None:
@@ -185,7 +186,8 @@ def summarize(rows: Iterable[ResultRow], answers: Mapping[str, KnownAnswer]) -> 
             reported_rel_se=math.sqrt(statistics.fmean(se)) if se else None,
             seconds=statistics.fmean(e.seconds for e, _ in done) if done else None,
             model_calls=statistics.fmean(e.model_calls for e, _ in done) if done else None,
-            calls_per_second_vs_naive=speed / naive if speed is not None and naive else None))
+            calls_per_second_vs_naive=speed / naive if speed is not None and naive else None,
+            first_error=next((r.error.splitlines()[0] for r, _ in pairs if r.error), None)))
     return out
 
 
@@ -220,8 +222,11 @@ def write_outputs(folder: Path, summaries: Sequence[Summary], answers: Sequence[
     problems = markdown_table(("spec", "family", "exact p"),
                               [[f"`{a.spec}`", a.family, f"{a.exact_p:.10e}"] for a in answers])
     left_out = "".join(f"- `{name}`: {why}\n" for name, why in sorted(skipped.items())) or "- none\n"
+    errors = "".join(f"- `{s.estimator}` at 1e{s.exponent}: {s.errors} of {s.rows}, e.g. {s.first_error}\n"
+                     for s in summaries if s.first_error) or "- none\n"
     text = (f"# Known-answer bench\n\n{note}\n\n## Problems\n\n{problems}\n\n## Estimators left out\n\n{left_out}\n"
-            f"## Scores per estimator and depth\n\n{markdown_table(HEADER, table_rows(summaries))}\n")
+            f"## Scores per estimator and depth\n\n{markdown_table(HEADER, table_rows(summaries))}\n\n"
+            f"## Estimates that ended in an error\n\n{errors}")
     md, js = folder / "summary.md", folder / "summary.json"
     write_atomic(md, text)
     payload = {"note": note, "skipped": dict(skipped),

@@ -19,10 +19,9 @@ under the compiled spec — independent of the weights, which tests check agains
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 from lowprob.core.exact import CountRule, KnownAnswer, TokenClass, exact_probability
 from lowprob.core.model import ModelAdapter
@@ -89,11 +88,10 @@ class Family:
 
     def spec_text(self, depth: Depth) -> str:
         """The DSL spec of one depth: BOS then 32 independent positions over the family's token sets."""
-        *given, (rest, _) = self.sets
         weights = [*depth.weights, 1.0 - sum(depth.weights)]
         lines = [f"# {self.model} at depth ~1e-{depth.exponent} ({depth.role}): {self.summary}"]
         lines += [f"tokens {name} = {_quote(letters)}" for name, letters in self.sets]
-        choice = " | ".join(f"{name} @ {w:.6g}" for (name, _), w in zip([*given, (rest, "")], weights, strict=True))
+        choice = " | ".join(f"{name} @ {w:.6g}" for (name, _), w in zip(self.sets, weights, strict=True))
         lines += [f"dist main = BOS ({choice}) * {BODY}", f'target {TARGET} = argmax == "HIT"']
         return "\n".join(lines) + "\n"
 
@@ -187,7 +185,7 @@ class PlantedModel:
     def __call__(self) -> ModelAdapter:
         return ModelAdapter(build_bridge(self.family.circuit), planted_vocabulary(), self.family.model)
 
-    @functools.cached_property
+    @cached_property
     def _answers(self) -> tuple[KnownAnswer, ...]:
         from lowprob.dsl import load_spec
 

@@ -61,6 +61,7 @@ def test_scores_equal_hand_computed_values() -> None:
     assert x.reported_rel_se == pytest.approx(math.sqrt((1 + 0.04) / 2))
     assert x.seconds == pytest.approx(4 / 3) and x.model_calls == pytest.approx(100)
     assert x.calls_per_second_vs_naive == pytest.approx((300 / 4) / 50)
+    assert x.first_error == "BudgetError: too small"
     y = by[("x", -3)]
     assert y.is_loss == pytest.approx(((0.5 - math.log(0.5) - 1) + (2 - math.log(2) - 1)) / 2)
     assert y.coverage is None and y.zero_rate == 0
