@@ -300,3 +300,20 @@ def test_generated_experiment_files_end_in_a_clean_error_or_a_valid_plan(registr
     case()
     assert not tally.failures, "\n\n".join(tally.failures)
     assert os.listdir(tmp_path) == ["experiment.toml"]  # a dry run writes nothing
+
+
+def test_the_judge_tells_outcomes_apart(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fuzz verdicts can fail: an accepted invalid value, a rejected valid one, a bug and a hang."""
+    import fuzz.hostile_inputs as hostile
+
+    tally = Tally()
+    sample = ["sample", DEMO, *RANDOM, "--seed"]
+    assert tally.judge([*sample, "5"], True, "  ") == "valid plan"
+    assert tally.judge([*sample, "-1"], False, "  ") == "clean error"
+    assert tally.judge([*sample, "5"], False, "  ") == "silent acceptance"
+    assert tally.judge([*sample, "-1"], True, "  ") == "false rejection"
+    monkeypatch.setattr(cli, "_registry", lambda: {}["boom"])
+    assert tally.judge([*sample, "5"], None, "  ") == "internal error"
+    monkeypatch.setattr(hostile, "CASE_SECONDS", 0.0)
+    assert tally.judge([*sample, "-1"], None, "  ") == "hang"
+    assert len(tally.failures) == 4 and "silent acceptance" in tally.failures[0]

@@ -45,6 +45,11 @@ SPECIAL = ["0", "-0", "1", "-1", "-5", "nan", "NaN", "inf", "-inf", "1e309", "2^
 """Values every numeric option gets: zero, negatives, NaN, infinities, 2^70, fractions, strings, huge powers."""
 
 
+SPECS = ["hex", "caps", DEMO, 'dist main = BOS "a" * 3', 'tokens t = /^a+$/\ndist main = BOS t * 2\n',
+         'dist main = BOS "a"\ntarget x = argmax == "a"\n']
+"""Specs ``check`` gets besides hostile values: registered names, the demo file, small inline texts."""
+
+
 def values() -> st.SearchStrategy[str]:
     """A hostile value for a numeric option, as typed on a command line."""
     return st.one_of(st.sampled_from(SPECIAL), st.integers().map(str), st.integers(0, 5000).map(str),
@@ -108,6 +113,7 @@ class Command:
     base: Callable[[Path], list[str]]
     options: Mapping[str, Oracle]
     jointly_valid: Callable[[dict[str, str]], bool] = lambda flags: True
+    values: Callable[[], st.SearchStrategy[str]] = values
 
 
 def _gt_flags(flags: dict[str, str]) -> bool:
@@ -133,7 +139,8 @@ COMMANDS = {
         "--samples": integer(0, 10_000), "-o": anything}),
     "sample": Command("sample", lambda tmp: ["sample", DEMO, "--model", "random-1l"], {
         "-n": integer(1, 10_000), "--seed": integer(0, MAX_SEED)}),
-    "check": Command("check", lambda tmp: ["check"], {"--model": anything}),
+    "check": Command("check", lambda tmp: ["check"], {"--model": anything},
+                     values=lambda: st.one_of(values(), st.sampled_from(SPECS))),
     "ground-truth run": Command("ground-truth run", lambda tmp: [
         "ground-truth", "run", DEMO, "--model", "random-1l", "--dry-run", "--output", str(tmp / "out" / "gt.json"),
         "--samples", "2^12", "--shard-size", "2^10"], {
@@ -147,7 +154,7 @@ COMMANDS = {
 
 def flag_sets(command: Command) -> st.SearchStrategy[dict[str, str]]:
     """One to three of ``command``'s numeric options, each with a hostile value."""
-    return st.dictionaries(st.sampled_from(sorted(command.options)), values(), min_size=1, max_size=3)
+    return st.dictionaries(st.sampled_from(sorted(command.options)), command.values(), min_size=1, max_size=3)
 
 
 def command_line(command: Command, flags: dict[str, str], tmp: Path) -> tuple[list[str], bool | None]:

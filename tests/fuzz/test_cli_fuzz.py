@@ -17,8 +17,8 @@ from lowprob.plugins import Registry
 
 from .hostile_inputs import COMMANDS, DEMO, GT_FILE, Tally, flag_sets, run_flag_case, warm_registry
 
-CASES = {"estimate": 400, "sample": 150, "check": 150, "ground-truth run": 400, "ground-truth show": 100}
-"""Cases per command: 1200 flag sets in all, most where the options are most numerous."""
+CASES = {"estimate": 1000, "sample": 300, "check": 300, "ground-truth run": 1000, "ground-truth show": 200}
+"""Cases per command: 2800 flag sets in all, most where the options are most numerous."""
 
 
 @pytest.fixture(scope="module")

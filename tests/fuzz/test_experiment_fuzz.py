@@ -17,7 +17,7 @@ from lowprob.plugins import Registry
 
 from .hostile_inputs import EXAMPLES, Mutation, Tally, mutations, run_experiment_case, warm_registry
 
-CASES = 1200
+CASES = 2000
 
 
 @pytest.fixture(scope="module")
