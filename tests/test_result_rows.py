@@ -203,3 +203,17 @@ def test_engine_skips_done_jobs_and_group_markers(tmp_path: Path) -> None:
     assert computed == ["a", "b"] and written == [jobs[0].key, marker.digest()]
     again = Engine(tmp_path / "r.jsonl")
     assert again.pending(jobs) == [] and list(again.run(jobs, compute)) == []
+
+
+def test_estimate_output_writes_a_typed_row_once(tmp_path: Path) -> None:
+    demo = str(Path(__file__).resolve().parents[1] / "examples/specs/demo.lp")
+    out = tmp_path / "r.jsonl"
+    args = ["estimate", demo, "--model", "random-1l", "--target", 'argmax in /^[a-z ]+$/', "--budget-calls", "2000",
+            "--seed", "4", "--output", str(out)]
+    first = CliRunner().invoke(cli.main, args)
+    assert first.exit_code == 0 and "written to" in first.output, first.output
+    (row,) = read_results(out)
+    assert (row.model, row.estimator, row.seed, row.budget.model_calls) == ("random-1l", "naive", 4, 2000)
+    assert row.estimate is not None and row.estimate.forward_passes == 2000 and row.experiment is None
+    again = CliRunner().invoke(cli.main, args)  # the same key: the row is kept, not appended twice
+    assert again.exit_code == 0 and "already in" in again.output and read_results(out) == [row]
