@@ -213,8 +213,9 @@ def test_bounds_through_the_estimator(lookup: ToyProblem) -> None:
 @pytest.mark.statistical
 @pytest.mark.parametrize(("threshold", "method"), [(1.0, "systematic"), (0.0, "systematic"), (0.5, "multinomial")])
 def test_unbiased_on_a_tiny_transformer(toy: ToyProblem, threshold: float, method: str) -> None:
-    """The conformance kit's replicate check (100 seeds, 4 standard errors), resampling at every step or never."""
-    report = check_unbiased(TwistedSMC, toy, Budget(model_calls=600), seeds=range(100),
+    """The conformance kit's replicate check (160 seeds, 4 standard errors: 100 could not see a 10 % bias),
+    resampling at every step or never."""
+    report = check_unbiased(TwistedSMC, toy, Budget(model_calls=600), seeds=range(160),
                             options={"particles": 32, "pilot": 32, "ess_threshold": threshold, "resampling": method})
     assert report.passed, report.detail
 
@@ -312,9 +313,11 @@ CTL_SMALL = {"particles": 16, "pilot": 16, "train_particles": 16, "rounds": 2, "
 
 
 @pytest.mark.statistical
-def test_tsmc_ctl_is_unbiased(toy: ToyProblem) -> None:
-    """Learned twists (features read at every step) keep the estimate unbiased: 60 seeds within 4 s.e."""
-    report = check_unbiased(TwistedSMCCTL, toy, Budget(model_calls=900), seeds=range(60), options=CTL_SMALL)
+def test_tsmc_ctl_is_unbiased(lookup: ToyProblem) -> None:
+    """Learned twists (features read at every step) keep the estimate unbiased: 60 seeds within 4 s.e., which see
+    a 10 % bias on the lookup toy (8 %). On the tiny transformer the estimates are heavy-tailed: the bias 60 seeds
+    could see is 36 %, and 400 seeds 75 %, so the check there is inconclusive."""
+    report = check_unbiased(TwistedSMCCTL, lookup, Budget(model_calls=900), seeds=range(60), options=CTL_SMALL)
     assert report.passed, report.detail
 
 
