@@ -45,6 +45,19 @@ def _checked(name: str, out: EstimatorOutput) -> EstimatorOutput:
     return replace(out, value=min(out.value, 1.0), ci=ci, diagnostics=diagnostics)
 
 
+def check_runnable(estimator: Estimator[Any], problem: Problem, budget: Budget, seed: int) -> None:
+    """What :func:`run_estimator` checks before its first draw (seed, problem, a budget of at least one step),
+    so a dry run can refuse what the run would."""
+    check_seed(seed)
+    estimator.check_problem(problem)
+    need = estimator.min_step_calls(budget.backward_weight)
+    if budget.model_calls is not None and budget.model_calls < need:
+        raise BudgetError(
+            f"a budget of {budget.model_calls} model calls is less than one step of estimator "
+            f"{estimator.name!r} needs ({need:g}): "
+            f"{estimator.budget_advice(budget.model_calls, budget.backward_weight)}")
+
+
 def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, seed: int, *,
                   level: float = 0.95, progress: bool | None = None,
                   provenance: dict[str, Any] | None = None, generator: torch.Generator | None = None) -> Estimate:
@@ -54,14 +67,7 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
     distribution, estimator options and budget give the same estimate (except for a ``seconds`` budget).
     ``generator`` replaces that one (the conformance kit passes a ``lowprob.core.random.Enumerator`` here).
     """
-    check_seed(seed)
-    estimator.check_problem(problem)
-    need = estimator.min_step_calls(budget.backward_weight)
-    if budget.model_calls is not None and budget.model_calls < need:
-        raise BudgetError(
-            f"a budget of {budget.model_calls} model calls is less than one step of estimator "
-            f"{estimator.name!r} needs ({need:g}): "
-            f"{estimator.budget_advice(budget.model_calls, budget.backward_weight)}")
+    check_runnable(estimator, problem, budget, seed)
     generator = torch.Generator().manual_seed(seed) if generator is None else generator
     meter = problem.model
     start_cost = meter.cost

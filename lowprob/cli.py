@@ -26,6 +26,7 @@ from lowprob.core.certified_argmax import PRECISIONS
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem
 from lowprob.core.progress import progress_bar
+from lowprob.core.runner import check_runnable
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.engine import Engine, Job
 from lowprob.experiments import open_results, plan, run
@@ -209,6 +210,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
         _show_problem(problem, samples, seed)
         click.echo(f"estimator    {estimator} with budget {budget.describe()}, seed {seed}")
     if dry_run:
+        check_runnable(chosen, problem, budget, seed)
         click.echo("dry run      nothing estimated")
         return
     result = run_problem(registry, problem, chosen, None, budget, seed, level=level, progress=progress)

@@ -179,6 +179,8 @@ def test_estimate_dry_run_validates_and_estimates_nothing(registry: Registry, tm
     code, output = invoke("estimate", DEMO, *RANDOM, "--dry-run", "--output", str(tmp_path / "r.jsonl"))
     assert code == 0 and "dry run      nothing estimated" in output and "result" not in output
     assert not (tmp_path / "r.jsonl").exists()
+    code, output = invoke("estimate", DEMO, *RANDOM, "--dry-run", "--estimator", "mhis", "--budget-calls", "5")
+    assert code == 1 and "a budget of 5 model calls is less than one step of estimator 'mhis'" in output
 
 
 # ---- ground-truth run (defects 11, 12, 16) ----
