@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup run test test-slow test-all lint clean
+.PHONY: setup run test test-slow test-fuzz test-all lint clean
 
 setup: $(STAMP)
 
@@ -24,9 +24,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/lowprob estimate caps --target 'argmax == "CESS"' --budget-calls 100000 --seed 0 --output results/main.jsonl
 
-## The test suite (everything but tests marked slow; GPU tests skip themselves without a GPU).
+## The test suite (everything but tests marked slow or fuzz; GPU tests skip themselves without a GPU).
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow and not fuzz" -q
+
+## The hostile-input fuzz runs only (tests marked fuzz: over 10 000 specs, experiment files and flag sets);
+## -rP prints each run's tally of outcomes.
+test-fuzz: $(STAMP)
+	$(BIN)/python -m pytest -m fuzz -q -rP
 
 ## Tests marked slow only (long statistical runs); exit status 5 (none selected) counts as success.
 test-slow: $(STAMP)

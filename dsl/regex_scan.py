@@ -2,9 +2,10 @@
 
 Patterns are Python ``re`` patterns (that is the spec language's dialect). A pattern that backtracks
 catastrophically (``(a|aa)+c``) can take longer than the universe's age on one token, so every scan runs
-under a deadline: on the main thread an interval timer interrupts ``re`` (its matcher checks for signals);
-on other threads, where signals cannot be delivered, the scan uses the ``regex`` package, which takes a
-``timeout`` and follows ``re``'s semantics in its ``VERSION0`` mode.
+under a limit: on the main thread a CPU-time interval timer (``ITIMER_VIRTUAL``, so a busy machine does not
+trip it) interrupts ``re``, whose matcher checks for signals; on other threads, where signals cannot be
+delivered, the scan uses the ``regex`` package, which takes a (wall-clock) ``timeout`` and follows ``re``'s
+semantics in its ``VERSION0`` mode.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from types import FrameType
 import regex
 
 SCAN_SECONDS = 1.0
-"""Longest time one regular expression may take to scan the vocabulary."""
+"""Most CPU seconds one regular expression may take to scan the vocabulary."""
+_TIMER, _SIGNAL = signal.ITIMER_VIRTUAL, signal.SIGVTALRM
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:
@@ -32,7 +34,7 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
 
 def search_all(pattern: re.Pattern[str], texts: Sequence[str], seconds: float = SCAN_SECONDS) -> list[bool]:
     """Whether each of ``texts`` contains a match; ``TimeoutError`` when that takes over ``seconds``."""
-    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+    if threading.current_thread() is threading.main_thread():
         return _search_with_timer(pattern, texts, seconds)
     return _search_with_timeouts(pattern, texts, seconds)
 
@@ -42,7 +44,7 @@ class _Expired(Exception):
 
 
 class _Timer:
-    """An ITIMER_REAL deadline whose handler interrupts only while ``armed`` (no stray raise after the scan)."""
+    """A timer's handler that interrupts only while ``armed`` (no stray raise after the scan)."""
 
     def __init__(self) -> None:
         self.armed = False
@@ -54,9 +56,9 @@ class _Timer:
 
 def _search_with_timer(pattern: re.Pattern[str], texts: Sequence[str], seconds: float) -> list[bool]:
     timer = _Timer()
-    previous = signal.signal(signal.SIGALRM, timer)
-    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
-    start = time.monotonic()
+    previous = signal.signal(_SIGNAL, timer)
+    outer_delay, outer_interval = signal.setitimer(_TIMER, seconds)
+    start = time.process_time()
     timer.armed = True
     try:
         return [pattern.search(text) is not None for text in texts]
@@ -64,10 +66,10 @@ def _search_with_timer(pattern: re.Pattern[str], texts: Sequence[str], seconds: 
         raise TimeoutError(f"scanning took more than {seconds:g} s") from None
     finally:
         timer.armed = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        signal.setitimer(_TIMER, 0)
+        signal.signal(_SIGNAL, signal.SIG_DFL if previous is None else previous)
         if outer_delay > 0:  # give back a timer someone else had armed, less the time spent here
-            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - start), 1e-3), outer_interval)
+            signal.setitimer(_TIMER, max(outer_delay - (time.process_time() - start), 1e-3), outer_interval)
 
 
 def _search_with_timeouts(pattern: re.Pattern[str], texts: Sequence[str], seconds: float) -> list[bool]:

@@ -11,7 +11,7 @@ from functools import cached_property
 
 import torch
 
-from lowprob.core.errors import LowprobError
+from lowprob.core.errors import LowprobError, WeightError
 from lowprob.core.token_set import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary, token_strings
 from lowprob.dsl import syntax as s
@@ -148,7 +148,17 @@ class TokenSetEvaluator:
         ids = torch.cat([left.ids, right.ids])
         if left.weights is None or right.weights is None:
             return TokenSet.of(ids), "the union is empty"
-        return TokenSet.of(ids, torch.cat([left.weights, right.weights])), "the union is empty"
+        union = self._weighted_set(ids, torch.cat([left.weights, right.weights]), expr, "the union")
+        return union, "the union is empty"
+
+    def _weighted_set(
+        self, ids: list[int] | torch.Tensor, weights: list[float] | torch.Tensor, node: s.SetExpr, what: str
+    ) -> TokenSet:
+        """``TokenSet.of`` with weights; a failure (repeated tokens' weights adding up to infinity) is at ``node``."""
+        try:
+            return TokenSet.of(ids, weights, what=what)
+        except WeightError as exc:
+            raise self.source.error(node, str(exc)) from None
 
     def _test(self, test: Callable[[str], bool], ids: torch.Tensor) -> torch.Tensor:
         """A mask over ``ids`` of the tokens whose string passes ``test``."""
@@ -224,7 +234,8 @@ class TokenSetEvaluator:
         ]
         if not any(weighted):
             return TokenSet.of(ids)
-        return TokenSet.of(ids, [self.check_weight(e.weight, e) for e in expr.entries if e.weight is not None])
+        weights = [self.check_weight(e.weight, e) for e in expr.entries if e.weight is not None]
+        return self._weighted_set(ids, weights, expr, "{...}")
 
     def check_weight(self, weight: int | float, node: s.Node) -> float:
         """``weight`` if it is a positive finite number; else a DslError at ``node``."""

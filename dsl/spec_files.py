@@ -31,6 +31,13 @@ def read_spec_file(path: Path) -> str:
         raise DslError(f"cannot read the file: {exc.strerror or exc}", filename=name) from None
     if data.startswith(_UTF16_MARKS):
         raise DslError("the file is UTF-16 text; a spec must be UTF-8", filename=name, hint="save it as UTF-8")
+    nul = data.find(b"\0")
+    if nul >= 0:  # UTF-16 without a byte-order mark, or a binary file
+        raise DslError(
+            f"the file has a NUL byte at byte offset {nul}: it is binary or UTF-16, not UTF-8 text",
+            filename=name,
+            hint="save it as UTF-8 (write a NUL inside a string as \\x00)",
+        )
     try:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
