@@ -314,7 +314,10 @@ def test_the_judge_tells_outcomes_apart(registry: Registry, monkeypatch: pytest.
     assert tally.judge([*sample, "-1"], False, "  ") == "clean error"
     assert tally.judge([*sample, "5"], False, "  ") == "silent acceptance"
     assert tally.judge([*sample, "-1"], True, "  ") == "false rejection"
-    monkeypatch.setattr(cli, "_registry", lambda: {}["boom"])
+    def broken() -> Registry:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(cli, "_registry", broken)
     assert tally.judge([*sample, "5"], None, "  ") == "internal error"
     monkeypatch.setattr(hostile, "CASE_SECONDS", 0.0)
     assert tally.judge([*sample, "-1"], None, "  ") == "hang"

@@ -54,12 +54,12 @@ def test_counts_are_the_argmax_of_every_drawn_input() -> None:
 
     tally = count_argmax(argmax, dist, 1000, torch.Generator().manual_seed(5), batch_size=96, reservoir_size=3)
     drawn = torch.cat(seen)
-    argmax = adapter.last_logits(drawn).argmax(-1)
+    expected = adapter.last_logits(drawn).argmax(-1)
     assert drawn.shape == (1000, 3) and tally.samples == 1000
-    assert torch.equal(tally.counts, torch.bincount(argmax, minlength=adapter.d_vocab))
-    assert set(tally.hits) == set(argmax.tolist())
+    assert torch.equal(tally.counts, torch.bincount(expected, minlength=adapter.d_vocab))
+    assert set(tally.hits) == set(expected.tolist())
     for token, rows in tally.hits.items():
-        assert rows == [tuple(r) for r in drawn[argmax == token][:3].tolist()]  # the first hits in draw order
+        assert rows == [tuple(r) for r in drawn[expected == token][:3].tolist()]  # the first hits in draw order
 
 
 def test_a_token_with_no_hits_has_zero_probability_and_infinite_relative_error(tmp_path: Path) -> None:
@@ -243,11 +243,13 @@ def test_a_read_only_ground_truth_is_not_replaced(tmp_path: Path, monkeypatch: p
 def test_limits_are_refused_before_anything_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     problem = toy_problem(seed=4)
     monkeypatch.setattr(ground_truth, "count_shard", lambda *a, **k: pytest.fail("a shard was counted"))
-    for kwargs, message in [({"samples": 2**70, "shard_size": 2**16}, "a file holds at most 1048576 shards"),
-                            ({"samples": 128, "shard_size": 0}, "the shard size must be from 1"),
-                            ({"samples": 128, "shard_size": 128, "batch_size": 0}, "batch size must be at least 1"),
-                            ({"samples": 128, "shard_size": 128, "reservoir_size": -1}, "reservoir size must be"),
-                            ({"samples": 128, "shard_size": 128, "reservoir_max_p": math.nan}, "in [0, 1], got nan")]:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"samples": 2**70, "shard_size": 2**16}, "a file holds at most 1048576 shards"),
+        ({"samples": 128, "shard_size": 0}, "the shard size must be from 1"),
+        ({"samples": 128, "shard_size": 128, "batch_size": 0}, "batch size must be at least 1"),
+        ({"samples": 128, "shard_size": 128, "reservoir_size": -1}, "reservoir size must be"),
+        ({"samples": 128, "shard_size": 128, "reservoir_max_p": math.nan}, "in [0, 1], got nan")]
+    for kwargs, message in cases:
         with pytest.raises(LowprobError, match=re.escape(message)):
             run_ground_truth(problem.model, problem.distribution, "toy", tmp_path / "gt.json", **kwargs)
     assert not (tmp_path / "gt.json").exists()
