@@ -26,6 +26,7 @@ from lowprob.core.losses import itakura_saito_loss
 from lowprob.core.stats import clopper_pearson
 from lowprob.engine import Engine, Job
 from lowprob.plugins import Registry
+from lowprob.protocol import fit_is
 from lowprob.report import format_table, markdown_table
 from lowprob.results import ResultRow, RowSpec, write_atomic
 
@@ -125,7 +126,10 @@ def run(bench: Bench, registry: Registry, results: Path) -> Iterable[ResultRow]:
 class Summary:
     """One estimator at one depth, over every family's problem there and every replicate.
 
-    ``is_loss``: mean Itakura–Saito loss of the raw estimates (infinite when any estimate is 0);
+    ``family`` is ``None`` when the line pools every family at that depth.
+    ``is_loss``: mean Itakura–Saito loss of the raw estimates (infinite when any estimate is 0); ``is_loss_fit``:
+    the same after the protocol's fit (:func:`lowprob.protocol.fit_is`, one monotone map per estimator fitted over
+    all its estimates at every depth, zeros mapped to a fitted floor);
     ``log10_error``: mean ``|log10(p̂/p)|`` over the non-zero estimates; ``rel_rmse``: root mean squared
     ``(p̂ - p)/p``, zeros included; ``coverage``: share of rows with an interval whose interval holds ``p``, with
     its Clopper–Pearson 95 % interval; ``reported_rel_se``: root mean square of ``std_error / p`` (compare with
@@ -135,9 +139,11 @@ class Summary:
 
     estimator: str
     exponent: int
+    family: str | None
     rows: int
     errors: int
     is_loss: float
+    is_loss_fit: float | None
     log10_error: float | None
     rel_rmse: float | None
     coverage: float | None
@@ -158,40 +164,58 @@ def _speed(rows: Sequence[tuple[ResultRow, KnownAnswer]]) -> float | None:
     return calls / seconds if seconds > 0 else None
 
 
-def summarize(rows: Iterable[ResultRow], answers: Mapping[str, KnownAnswer]) -> list[Summary]:
-    """Per (estimator, depth) scores of the bench's rows (rows whose key is not in ``answers`` are ignored)."""
-    groups: dict[tuple[str, int], list[tuple[ResultRow, KnownAnswer]]] = {}
-    for row in rows:
-        if row.key in answers:
-            groups.setdefault((row.estimator, exponent(answers[row.key])), []).append((row, answers[row.key]))
-    naive = _speed([pair for (name, _), pairs in groups.items() if name == "naive" for pair in pairs])
+def _fits(pairs: Sequence[tuple[ResultRow, KnownAnswer]]) -> dict[str, dict[str, float]]:
+    """Each estimator's fitted estimates by row key: one :func:`fit_is` over all its estimates."""
+    by_estimator: dict[str, list[tuple[str, float, float]]] = {}
+    for row, answer in pairs:
+        if row.estimate is not None:
+            by_estimator.setdefault(row.estimator, []).append((row.key, answer.exact_p, row.estimate.value))
+    out = {}
+    for name, items in by_estimator.items():
+        fit = fit_is([p for _, p, _ in items], [v for _, _, v in items])
+        out[name] = dict(zip([k for k, _, _ in items], fit.apply([v for _, _, v in items]).tolist(), strict=True))
+    return out
+
+
+def summarize(rows: Iterable[ResultRow], answers: Mapping[str, KnownAnswer], by_family: bool = False) -> list[Summary]:
+    """Per (estimator, depth) — or per (estimator, depth, family) — scores of the bench's rows (rows whose key is
+    not in ``answers`` are ignored)."""
+    pairs = [(row, answers[row.key]) for row in rows if row.key in answers]
+    fitted = _fits(pairs)
+    groups: dict[tuple[str, int, str | None], list[tuple[ResultRow, KnownAnswer]]] = {}
+    for row, answer in pairs:
+        key = (row.estimator, exponent(answer), answer.family if by_family else None)
+        groups.setdefault(key, []).append((row, answer))
+    naive = _speed([pair for pair in pairs if pair[0].estimator == "naive"])
     out = []
-    for (name, exp), pairs in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
-        done = [(r.estimate, a.exact_p) for r, a in pairs if r.estimate is not None]
-        values = np.array([e.value for e, _ in done])
-        truth = np.array([p for _, p in done])
+    for (name, exp, family), group in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1], kv[0][2] or "")):
+        done = [(r.estimate, a.exact_p, r.key) for r, a in group if r.estimate is not None]
+        values = np.array([e.value for e, _, _ in done])
+        truth = np.array([p for _, p, _ in done])
+        fit = np.array([fitted[name][k] for _, _, k in done])
         nonzero = values > 0
-        with_ci = [(e.ci, p) for e, p in done if e.ci is not None]
+        with_ci = [(e.ci, p) for e, p, _ in done if e.ci is not None]
         covered = sum(ci.low <= p <= ci.high for ci, p in with_ci)
         low, high = clopper_pearson(covered, len(with_ci)) if with_ci else (None, None)
-        se = [(e.std_error / p) ** 2 for e, p in done if e.std_error is not None]
-        speed = _speed(pairs)
+        se = [(e.std_error / p) ** 2 for e, p, _ in done if e.std_error is not None]
+        speed = _speed(group)
         out.append(Summary(
-            estimator=name, exponent=exp, rows=len(pairs), errors=len(pairs) - len(done),
+            estimator=name, exponent=exp, family=family, rows=len(group), errors=len(group) - len(done),
             is_loss=float(itakura_saito_loss(truth, values).mean()) if done else math.inf,
+            is_loss_fit=float(itakura_saito_loss(truth, fit).mean()) if done else None,
             log10_error=float(np.abs(np.log10(values[nonzero] / truth[nonzero])).mean()) if nonzero.any() else None,
             rel_rmse=float(np.sqrt((((values - truth) / truth) ** 2).mean())) if done else None,
             coverage=covered / len(with_ci) if with_ci else None, coverage_low=low, coverage_high=high,
             with_interval=len(with_ci), zero_rate=float((~nonzero).mean()) if done else None,
             reported_rel_se=math.sqrt(statistics.fmean(se)) if se else None,
-            seconds=statistics.fmean(e.seconds for e, _ in done) if done else None,
-            model_calls=statistics.fmean(e.model_calls for e, _ in done) if done else None,
+            seconds=statistics.fmean(e.seconds for e, _, _ in done) if done else None,
+            model_calls=statistics.fmean(e.model_calls for e, _, _ in done) if done else None,
             calls_per_second_vs_naive=speed / naive if speed is not None and naive else None,
-            first_error=next((r.error.splitlines()[0] for r, _ in pairs if r.error), None)))
+            first_error=next((r.error.splitlines()[0] for r, _ in group if r.error), None)))
     return out
 
 
-HEADER = ("estimator", "depth", "rows", "err", "IS loss", "|log10 err|", "rel RMSE", "coverage (95% CI)",
+HEADER = ("estimator", "depth", "rows", "err", "IS loss", "IS fit", "|log10 err|", "rel RMSE", "coverage (95% CI)",
           "zeros", "rep. rel s.e.", "s/est", "calls", "speed vs naive")
 
 
@@ -200,14 +224,15 @@ def _g(value: float | None, digits: int = 3) -> str:
 
 
 def table_rows(summaries: Sequence[Summary]) -> list[list[str]]:
-    """The summary as text cells, one row per (estimator, depth)."""
+    """The summary as text cells, one row per (estimator, depth[, family])."""
     out = []
     for s in summaries:
         cover = "—" if s.coverage is None else (f"{s.coverage:.2f} [{s.coverage_low:.2f}, {s.coverage_high:.2f}]"
                                                 f" of {s.with_interval}")
-        out.append([s.estimator, f"1e{s.exponent}", str(s.rows), str(s.errors), _g(s.is_loss), _g(s.log10_error),
-                    _g(s.rel_rmse), cover, _g(s.zero_rate, 2), _g(s.reported_rel_se), _g(s.seconds),
-                    _g(s.model_calls, 5), _g(s.calls_per_second_vs_naive, 2)])
+        depth = f"1e{s.exponent}" + (f" {s.family}" if s.family else "")
+        out.append([s.estimator, depth, str(s.rows), str(s.errors), _g(s.is_loss), _g(s.is_loss_fit),
+                    _g(s.log10_error), _g(s.rel_rmse), cover, _g(s.zero_rate, 2), _g(s.reported_rel_se),
+                    _g(s.seconds), _g(s.model_calls, 5), _g(s.calls_per_second_vs_naive, 2)])
     return out
 
 
@@ -216,25 +241,53 @@ def text_table(summaries: Sequence[Summary]) -> str:
     return format_table(HEADER, table_rows(summaries))
 
 
-def write_outputs(folder: Path, summaries: Sequence[Summary], answers: Sequence[KnownAnswer],
-                  skipped: Mapping[str, str], note: str) -> tuple[Path, Path]:
-    """``summary.md`` (problems, skipped estimators, the table) and ``summary.json`` in ``folder``."""
+def write_outputs(folder: Path, pooled: Sequence[Summary], per_family: Sequence[Summary],
+                  answers: Sequence[KnownAnswer], skipped: Mapping[str, str], note: str) -> tuple[Path, Path]:
+    """``summary.md`` (problems, skipped estimators, the tables pooled and per family, errors) and
+    ``summary.json`` in ``folder``."""
     problems = markdown_table(("spec", "family", "exact p"),
                               [[f"`{a.spec}`", a.family, f"{a.exact_p:.10e}"] for a in answers])
     left_out = "".join(f"- `{name}`: {why}\n" for name, why in sorted(skipped.items())) or "- none\n"
     errors = "".join(f"- `{s.estimator}` at 1e{s.exponent}: {s.errors} of {s.rows}, e.g. {s.first_error}\n"
-                     for s in summaries if s.first_error) or "- none\n"
+                     for s in pooled if s.first_error) or "- none\n"
     text = (f"# Known-answer bench\n\n{note}\n\n## Problems\n\n{problems}\n\n## Estimators left out\n\n{left_out}\n"
-            f"## Scores per estimator and depth\n\n{markdown_table(HEADER, table_rows(summaries))}\n\n"
+            f"## Scores per estimator and depth\n\n{markdown_table(HEADER, table_rows(pooled))}\n\n"
+            f"## Per family\n\n{markdown_table(HEADER, table_rows(per_family))}\n\n"
             f"## Estimates that ended in an error\n\n{errors}")
     md, js = folder / "summary.md", folder / "summary.json"
     write_atomic(md, text)
     payload = {"note": note, "skipped": dict(skipped),
                "problems": [{"model": a.model, "spec": a.spec, "target": a.target, "family": a.family,
                              "exact_p": a.exact_p, "log10_p": a.exact.log10} for a in answers],
-               "summaries": [{k: _json_number(v) for k, v in asdict(s).items()} for s in summaries]}
+               "summaries": [{k: _json_number(v) for k, v in asdict(s).items()} for s in [*pooled, *per_family]]}
     write_atomic(js, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return md, js
+
+
+def write_figures(folder: Path, rows: Iterable[ResultRow], answers: Mapping[str, KnownAnswer],
+                  pooled: Sequence[Summary]) -> list[Path]:
+    """``estimates-<family>`` (estimate against the exact value, log–log, one panel per estimator) and
+    ``coverage`` (95 % interval coverage per depth and estimator), as PNG and SVG."""
+    from lowprob.figures import ScatterPanel, loss_bars, save_figure, scatter_grid
+
+    pairs = [(row, answers[row.key]) for row in rows if row.key in answers and row.estimate is not None]
+    paths = []
+    for family in sorted({a.family for _, a in pairs}):
+        panels = []
+        for name in sorted({r.estimator for r, a in pairs if a.family == family}):
+            mine = [(a.exact_p, r.estimate.value) for r, a in pairs
+                    if a.family == family and r.estimator == name and r.estimate is not None]
+            zeros = sum(v == 0 for _, v in mine)
+            panels.append(ScatterPanel(name, [p for p, _ in mine], [v for _, v in mine], None,
+                                       f"{zeros}/{len(mine)} zero"))
+        paths += save_figure(scatter_grid(f"{family}: estimate vs exact probability", panels),
+                             folder / f"estimates-{family}")
+    depths = [f"1e{e}" for e in sorted({s.exponent for s in pooled}, reverse=True)]
+    series = sorted({s.estimator for s in pooled})
+    values = {(f"1e{s.exponent}", s.estimator): s.coverage for s in pooled}
+    paths += save_figure(loss_bars("95 % interval coverage (nominal 0.95)", depths, series, values, "coverage"),
+                         folder / "coverage")
+    return paths
 
 
 def _json_number(value: object) -> object:

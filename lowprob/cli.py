@@ -689,10 +689,13 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
     click.echo(f"{len(answers)} problems, {len(plan_.jobs)} estimates ({selection.describe()}); "
                f"left out: {', '.join(sorted(plan_.skipped)) or 'none'}", err=True)
     rows = list(known.run(plan_, registry, output / "results.jsonl"))
-    summaries = known.summarize(Engine(output / "results.jsonl").rows.values(), plan_.answers)
-    md, js = known.write_outputs(output, summaries, answers, plan_.skipped, selection.describe())
-    click.echo(known.text_table(summaries))
-    click.echo(f"{len(rows)} new estimates; wrote {md} and {js}", err=True)
+    every = list(Engine(output / "results.jsonl").rows.values())
+    pooled = known.summarize(every, plan_.answers)
+    md, js = known.write_outputs(output, pooled, known.summarize(every, plan_.answers, by_family=True), answers,
+                                 plan_.skipped, selection.describe())
+    figures = known.write_figures(output, every, plan_.answers, pooled)
+    click.echo(known.text_table(pooled))
+    click.echo(f"{len(rows)} new estimates; wrote {md}, {js} and {len(figures)} figure files", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

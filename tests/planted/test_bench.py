@@ -62,9 +62,22 @@ def test_scores_equal_hand_computed_values() -> None:
     assert x.seconds == pytest.approx(4 / 3) and x.model_calls == pytest.approx(100)
     assert x.calls_per_second_vs_naive == pytest.approx((300 / 4) / 50)
     assert x.first_error == "BudgetError: too small"
+    assert x.family is None and x.is_loss_fit is not None and math.isfinite(x.is_loss_fit)  # the zero gets a floor
     y = by[("x", -3)]
     assert y.is_loss == pytest.approx(((0.5 - math.log(0.5) - 1) + (2 - math.log(2) - 1)) / 2)
     assert y.coverage is None and y.zero_rate == 0
+
+
+def test_per_family_lines_split_a_depth() -> None:
+    deep = _answer(6)
+    other = KnownAnswer("m2", "other-e6", "hit", "needle", 1e-6, "test", deep.exact, RULE)
+    rows = [_row("x", deep.spec, 0, 1e-6), _row("x", other.spec, 0, 4e-6)]
+    answers = {rows[0].key: deep, rows[1].key: other}
+    (pooled,) = summarize(rows, answers)
+    assert pooled.rows == 2 and pooled.rel_rmse == pytest.approx(math.sqrt(9 / 2))
+    split = summarize(rows, answers, by_family=True)
+    assert [(s.family, s.rows, s.rel_rmse) for s in split] == [("needle", 1, pytest.approx(3.0)),
+                                                                ("threshold", 1, 0.0)]
 
 
 def test_rows_of_other_runs_are_ignored() -> None:
@@ -82,8 +95,10 @@ def test_tiny_bench_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert len(rows) == 3 and {r.distribution for r in rows} == {"planted-threshold-e5", "planted-two-modes-e5",
                                                                    "planted-needle-e5"}
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [s["estimator"] for s in summary["summaries"]] == ["naive"]
+    assert [(s["estimator"], s["family"]) for s in summary["summaries"]] == [
+        ("naive", None), ("naive", "needle"), ("naive", "threshold"), ("naive", "two-modes")]
     assert "## Scores per estimator and depth" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "estimates-needle.png").stat().st_size > 0 and (tmp_path / "coverage.svg").is_file()
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "0 new estimates" in again.output
     assert len(read_results(tmp_path / "results.jsonl")) == 3
