@@ -7,7 +7,9 @@ role naming an undocumented object never breaks the strict build).
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import griffe
@@ -32,11 +34,11 @@ def _link(obj: griffe.Object, match: re.Match[str]) -> str:
     return f'<autoref identifier="{_resolve(obj, name)}" optional><code>{title}</code></autoref>'
 
 
-def _objects(obj: griffe.Object) -> Any:
+def _objects(obj: griffe.Object) -> Iterator[griffe.Object]:
     """``obj`` and every object defined under it (aliases, i.e. imports, skipped)."""
     yield obj
     for member in obj.members.values():
-        if not member.is_alias:
+        if isinstance(member, griffe.Object):
             yield from _objects(member)
 
 
@@ -47,4 +49,4 @@ class SphinxRoles(griffe.Extension):
         """Rewrite every docstring of ``pkg``."""
         for obj in _objects(pkg):
             if obj.docstring is not None:
-                obj.docstring.value = ROLE.sub(lambda match, obj=obj: _link(obj, match), obj.docstring.value)
+                obj.docstring.value = ROLE.sub(functools.partial(_link, obj), obj.docstring.value)
