@@ -81,6 +81,8 @@ class Estimate(BaseModel):
     stop_reason: str
     unbiased: bool
     diagnostics: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    """What the estimator found wrong with its own run (e.g. chains that have not mixed); printed by ``summary``."""
     trace: list[TracePoint] = Field(default_factory=list)
     provenance: Provenance
 
@@ -99,7 +101,7 @@ class Estimate(BaseModel):
         """One human-readable line: estimate or bound, interval, hits and cost."""
         level = f"{self.ci.level:.0%}" if self.ci else ""
         if self.upper_bound is not None:
-            head = f"p < {self.upper_bound:.3e} ({level} upper bound; 0 hits in {self.samples} samples)"
+            head = f"p < {self.upper_bound:.3e} ({level} upper bound; {self.hits} hits in {self.samples} samples)"
         else:
             head = f"p ≈ {self.value:.3e}"
             if self.ci is not None:
@@ -110,7 +112,7 @@ class Estimate(BaseModel):
                 head += f"  ± {self.std_error:.2e} (s.e.)"
             head += f"  hits {self.hits}/{self.samples}"
         return (f"{head}  cost {self.forward_passes} fwd + {self.backward_passes} bwd passes, "
-                f"{self.seconds:.2f} s")
+                f"{self.seconds:.2f} s" + "".join(f"  WARNING: {w}" for w in self.warnings))
 
     @staticmethod
     def log10(value: float) -> float | None:

@@ -98,6 +98,8 @@ class EstimatorOutput:
     """Inputs drawn (or model evaluations made) to get ``value``."""
     diagnostics: dict[str, Any] = field(default_factory=dict)
     """Estimator-specific, JSON-serialisable numbers (effective sample size, acceptance rate, ...)."""
+    warnings: list[str] = field(default_factory=list)
+    """What the estimator found wrong with its own run (e.g. chains that have not mixed), shown with the estimate."""
 
 
 S = TypeVar("S")

@@ -135,6 +135,7 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
         stop_reason=reason,
         unbiased=estimator.capabilities.unbiased,
         diagnostics=out.diagnostics,
+        warnings=out.warnings,
         trace=_thin(trace),
         provenance=prov,
     )

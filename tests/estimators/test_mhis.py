@@ -22,7 +22,7 @@ from lowprob.core.runner import run_estimator
 from lowprob.core.stats import clopper_pearson
 from lowprob.core.target import ArgmaxIs
 from lowprob.plugins import load_registry
-from lowprob.plugins.builtin.mhis import MHIS, RatioSummary, Tally
+from lowprob.plugins.builtin.mhis import MHIS, RHAT_LIMIT, RatioSummary, Tally, split_rhat
 from lowprob.plugins.testing import (
     ToyProblem,
     argmax_probabilities,
@@ -187,3 +187,26 @@ def test_converges_on_random_lookup_toys(seed: int) -> None:
     report = check_consistent(MHIS, toy, [Budget(model_calls=2000), Budget(model_calls=20_000)], seeds=range(12),
                               options={"chains": 16, "burn_in": 8, "temperature": 3.0})
     assert report.passed, report.detail
+
+
+def test_split_rhat_is_one_for_agreeing_chains_and_large_for_drifting_ones() -> None:
+    generator = torch.Generator().manual_seed(0)
+    stationary = torch.randn(400, 8, generator=generator, dtype=torch.float64)
+    assert split_rhat(stationary) == pytest.approx(1.0, abs=0.02)
+    drifting = stationary + torch.linspace(0, 3, 400, dtype=torch.float64)[:, None]  # still climbing
+    assert split_rhat(drifting) > RHAT_LIMIT  # type: ignore[operator]
+    assert split_rhat(stationary[:3]) is None and split_rhat(torch.zeros(10, 4, dtype=torch.float64)) is None
+
+
+def test_chains_that_have_not_mixed_warn(toy: ToyProblem) -> None:
+    """Issue 13: MHIS with a short burn-in was 15–100× too low without a word. Chains that start far from π
+    (here: a sharp tilt, T = 0.05, and no burn-in) drift while recording; split-R̂ sees it and the estimate
+    warns, in its warnings and its summary line. A mixed run on the same toy does not warn."""
+    drifting = run_estimator(MHIS({"chains": 8, "burn_in": 0, "temperature": 0.05}), toy.problem(),
+                             Budget(model_calls=8 * 3 * 41), 0, progress=False)
+    assert drifting.diagnostics["split_rhat"] > RHAT_LIMIT
+    assert drifting.warnings and "have not mixed" in drifting.warnings[0]
+    assert "WARNING: the chains have not mixed" in drifting.summary()
+    mixed = run_estimator(MHIS({"chains": 8, "burn_in": 10}), toy.problem(), Budget(model_calls=8 * 3 * 91), 0,
+                          progress=False)
+    assert mixed.diagnostics["split_rhat"] <= RHAT_LIMIT and not mixed.warnings
