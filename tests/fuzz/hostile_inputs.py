@@ -404,7 +404,7 @@ class Tally:
             verdict = "hang"
         elif "Traceback" in text or not (result.exception is None or isinstance(result.exception, SystemExit)):
             verdict = "traceback"
-        elif code == cli.EXIT_INTERNAL_ERROR:
+        elif code == getattr(cli, "EXIT_INTERNAL_ERROR", 70):
             verdict = "internal error"
         elif code == 0:
             verdict = "silent acceptance" if valid is False else ("valid plan" if ok_marker in text else "no plan")
