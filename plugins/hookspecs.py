@@ -47,6 +47,17 @@ def register_token_sets(registrar: Registrar) -> None:
 
 
 @hookspec
+def register_scores(registrar: Registrar) -> None:
+    """Register score functions for the splitting estimators with ``registrar.add_score``.
+
+    Call it as ``add_score(name, builder, description=...)``, where ``builder(problem, pilot, generator)``
+    returns a :class:`lowprob.plugins.scoring.Score`: ``complete(tokens, logits)`` scores whole inputs and
+    ``prefixes(tokens)`` every prefix ending at a non-constant position (or ``None``). Estimators pick one with
+    ``-o score=NAME``; the built-ins register ``margin`` and ``twist``.
+    """
+
+
+@hookspec
 def register_distributions(registrar: Registrar) -> None:
     """Register named spec texts with ``registrar.add_distribution(name, text, description=...)``.
 

@@ -20,6 +20,7 @@ from lowprob.core.estimator import Capabilities, Estimator, EstimatorOptions
 from lowprob.core.model import ModelAdapter
 from lowprob.core.token_set import TokenSetResolver
 from lowprob.plugins.fits import ExtrapolationFit
+from lowprob.plugins.scoring import ScoreBuilder
 
 ModelLoader = Callable[[], ModelAdapter]
 """A lazy model loader: called only when the model is first requested from a :class:`Registry`."""
@@ -43,6 +44,7 @@ class Kind(StrEnum):
     DISTRIBUTION = "distributions"
     MODEL = "models"
     MODEL_SCHEME = "model_schemes"
+    SCORE = "scores"
 
     @property
     def label(self) -> str:
@@ -165,6 +167,11 @@ class Registrar:
         self._require_callable(Kind.MODEL, name, loader)
         self._add(Kind.MODEL, name, loader, description, default=default)
 
+    def add_score(self, name: str, builder: ScoreBuilder, *, description: str) -> None:
+        """Register a score-function builder for the splitting estimators (see :class:`ScoreBuilder`)."""
+        self._require_callable(Kind.SCORE, name, builder)
+        self._add(Kind.SCORE, name, builder, description)
+
     def add_model_scheme(self, scheme: str, loader: SchemeLoader, *, description: str) -> None:
         """Make every model name ``scheme:target`` loadable, by ``loader(target)``, without registering it."""
         self._require_callable(Kind.MODEL_SCHEME, scheme, loader)
@@ -213,6 +220,11 @@ class Registry:
         if "registry" in inspect.signature(cls).parameters:
             return cls(options, registry=self)  # type: ignore[call-arg]
         return cls(options)
+
+    def score(self, name: str) -> ScoreBuilder:
+        """The score-function builder registered as ``name``."""
+        builder: ScoreBuilder = self.entry(Kind.SCORE, name).obj
+        return builder
 
     def extrapolation(self, name: str) -> ExtrapolationFit:
         """The activation-extrapolation fit registered as ``name``."""

@@ -13,9 +13,9 @@ from lowprob.plugins.hookspecs import HOOK_NAMES
 DOCS = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
 
 
-def test_the_hooks_are_the_documented_five() -> None:
+def test_the_hooks_are_the_documented_six() -> None:
     assert HOOK_NAMES == ("register_distributions", "register_estimators", "register_extrapolations",
-                          "register_models", "register_token_sets")
+                          "register_models", "register_scores", "register_token_sets")
 
 
 @pytest.mark.parametrize("hook", HOOK_NAMES)
