@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import click
+
 from lowprob.cli import main as lowprob_main
 from lowprob.cli_params import parse_count
 from lowprob.ground_truth import GroundTruth, shipped_pairs, shipped_root
@@ -39,9 +41,20 @@ def grow(root: Path, samples: int, models: list[str] | None, distributions: list
     return grown
 
 
+def _count(value: str) -> int:
+    """``--samples`` as ``lowprob ground-truth run`` reads it (an integer or 2^k), refused by argparse if bad."""
+    try:
+        n = parse_count(value)
+    except click.BadParameter as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be at least 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", required=True, help="target samples per file, an integer or 2^k")
+    parser.add_argument("--samples", required=True, type=_count, help="target samples per file, an integer or 2^k")
     parser.add_argument("--root", type=Path, default=None, help="folder of <model>/<distribution>.json files")
     parser.add_argument("--models", nargs="*", default=None)
     parser.add_argument("--distributions", nargs="*", default=None)
@@ -49,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32")
     args = parser.parse_args(argv)
     extra = ["--precision", args.precision] + (["--device", args.device] if args.device else [])
-    grown = grow(args.root or shipped_root(), parse_count(args.samples), args.models, args.distributions, extra)
+    grown = grow(args.root or shipped_root(), args.samples, args.models, args.distributions, extra)
     print(f"{grown} files grown")
     return 0
 
