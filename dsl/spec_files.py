@@ -24,8 +24,12 @@ def read_spec_file(path: Path) -> str:
     if path.is_dir():
         raise DslError("this is a directory, not a spec file", filename=name)
     try:
-        if path.stat().st_size > 4 * MAX_SPEC_CHARS:  # the most bytes MAX_SPEC_CHARS characters can take
-            raise DslError(f"the file is {path.stat().st_size} bytes, more than a spec may be", filename=name)
+        size = path.stat().st_size
+        if size > 4 * MAX_SPEC_CHARS:  # the most bytes MAX_SPEC_CHARS characters can take
+            raise DslError(
+                f"the file is {size} bytes, more than a spec of at most {MAX_SPEC_CHARS} characters can be",
+                filename=name,
+            )
         data = path.read_bytes()
     except OSError as exc:
         raise DslError(f"cannot read the file: {exc.strerror or exc}", filename=name) from None

@@ -392,9 +392,9 @@ CASES = [
     pytest.param(
         'dist main = BOS "He said:" * 20 uniform(vocab()) * 20 EOS',
         64,
-        "<spec>:1:6: error: dist 'main' is 82 tokens long, more than the maximum length 64\n"
+        "<spec>:1:50: error: the sequence up to here is 81 tokens long, more than the maximum length 64\n"
         '    dist main = BOS "He said:" * 20 uniform(vocab()) * 20 EOS\n'
-        "         ^\n"
+        "                                                     ^\n"
         "  hint: max_length is the model's context size",
         id="too_long_total",
     ),
