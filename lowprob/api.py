@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from lowprob import __version__
 from lowprob.core.budget import Budget
@@ -22,7 +22,7 @@ from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 CLI_TARGET = "__target"
 """Name given to a target written as an expression (``argmax == "x"``) outside the spec."""
 
-ModelLike = str | ModelAdapter | Any
+ModelLike: TypeAlias = str | ModelAdapter | Any
 """A model as :func:`estimate` takes it: a registered name, a :class:`ModelAdapter`, or a TransformerLens
 ``TransformerBridge`` that carries its tokenizer (``bridge.tokenizer``)."""
 
