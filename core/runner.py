@@ -50,6 +50,12 @@ def check_runnable(estimator: Estimator[Any], problem: Problem, budget: Budget, 
     so a dry run can refuse what the run would."""
     check_seed(seed)
     estimator.check_problem(problem)
+    check_budget(estimator, budget)
+
+
+def check_budget(estimator: Estimator[Any], budget: Budget) -> None:
+    """Raise :class:`BudgetError` when ``budget`` cannot pay for one step of ``estimator``; it needs no problem, so
+    callers check it before loading a model."""
     need = estimator.min_step_calls(budget.backward_weight)
     if budget.model_calls is not None and budget.model_calls < need:
         raise BudgetError(

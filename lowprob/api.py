@@ -14,7 +14,7 @@ from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Estimator, EstimatorOptions, Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
-from lowprob.core.runner import run_estimator
+from lowprob.core.runner import check_budget, run_estimator
 from lowprob.dsl import CompiledSpec, load_spec, path_exists, read_spec_file
 from lowprob.plugins import Registry, load_registry
 from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
@@ -147,6 +147,7 @@ def estimate(spec: str, *, target: str | None = None, distribution: str | None =
     registry = registry or load_registry()
     source = resolve_spec(spec, registry)
     chosen, checked = registry.create_estimator(estimator, options), as_budget(budget)
+    check_budget(chosen, checked)
     problem = compile_problem(registry, source, model=model, distribution=distribution, target=target)
     return run_problem(registry, problem, chosen, None, checked, seed, level=level, progress=progress)
 

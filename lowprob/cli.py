@@ -26,7 +26,7 @@ from lowprob.core.certified_argmax import PRECISIONS
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem
 from lowprob.core.progress import progress_bar
-from lowprob.core.runner import check_runnable
+from lowprob.core.runner import check_budget, check_runnable
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.engine import Engine, Job
 from lowprob.experiments import open_results, plan, run
@@ -204,6 +204,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
     else:
         budget = Budget(model_calls=100_000 if not given else budget_calls, seconds=budget_seconds,
                         target_rel_error=budget_rel_error, backward_weight=backward_weight)
+    check_budget(chosen, budget)  # before the model loads, like the options
     problem = compile_problem(registry, resolve_spec(spec, registry), model=model, distribution=distribution,
                               target=target)
     if not as_json:

@@ -101,15 +101,20 @@ def test_options_and_budget_are_checked_before_the_model_loads(spy: tuple[_Loads
         lowprob.estimate("hex-demo", model="spy", estimator="nope", registry=registry)
     with pytest.raises(lowprob.LowprobError, match="model_calls must be at least 1"):
         lowprob.estimate("hex-demo", model="spy", budget={"model_calls": -1}, registry=registry)
+    with pytest.raises(lowprob.LowprobError, match="less than one step of estimator 'mhis'.*burn_in"):
+        lowprob.estimate("hex-demo", model="spy", estimator="mhis", budget=10_000, registry=registry)
     assert loads.count == 0
 
 
-def test_the_cli_checks_options_before_loading_the_model(spy: tuple[_Loads, Registry],
+def test_the_cli_checks_options_and_budget_before_loading_the_model(spy: tuple[_Loads, Registry],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     loads, registry = spy
     monkeypatch.setattr(cli, "_registry", lambda: registry)
     result = CliRunner().invoke(cli.main, ["estimate", "hex-demo", "--model", "spy", "-o", "batch_size=0"])
     assert result.exit_code == 1 and "invalid options for estimator 'naive': batch_size" in result.output
+    result = CliRunner().invoke(cli.main, ["estimate", "hex-demo", "--model", "spy", "--estimator", "mhis",
+                                           "--budget-calls", "10000"])
+    assert result.exit_code == 1 and "less than one step of estimator 'mhis'" in result.output
     assert loads.count == 0
 
 
