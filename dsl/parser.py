@@ -225,6 +225,9 @@ class _ToSyntax:
         return s.TargetDef(self._name(name), s.TargetIs(self._string(token), **self._at(token)), **self._at(name))
 
     def target_id(self, name: Token, token: Token) -> s.TargetDef:
+        if len(token.value) > MAX_NUMBER_CHARS:
+            problem = f"a token id of {len(token.value)} characters is too long"
+            raise self.source.error_at(token.line, token.column, problem)
         return s.TargetDef(self._name(name), s.TargetIs(int(token.value[1:]), **self._at(token)), **self._at(name))
 
     def target_in(self, name: Token, expr: s.SetExpr) -> s.TargetDef:

@@ -179,6 +179,7 @@ def test_weights_whose_sum_overflows_are_normalised() -> None:
         ('dist main = "a" @ 1e309 | "b" @ 1', "the number 1e309 is too large (the largest is about 1.8e308)"),
         ('dist main = "a" @ 1e-400 | "b" @ 1', "the number 1e-400 is too small: it rounds to 0"),
         ("tokens t = {2: " + "9" * 400 + "}", "a number literal of 400 characters is too long"),
+        ("target t = argmax == #" + "9" * 5000, "a token id of 5001 characters is too long"),
         (
             'tokens t = {"a": 1e308, "a": 1e308}',
             "{...}: the weights of a repeated token add up to more than the largest float",

@@ -1,4 +1,5 @@
-"""Hostile specs: generated from the grammar's pieces and mutated from the shipped specs (characters and bytes).
+"""Hostile specs: generated from the grammar (its pieces, and lark's grammar itself through hypothesis) and
+mutated from the shipped specs (as characters and as bytes).
 
 Every case must end, within 2 s, in a clean ``DslError`` (a ``LowprobError`` with a printable, bounded message)
 or in a compile whose every distribution, token set and target is valid (finite weights summing to 1, non-empty
@@ -23,11 +24,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.lark import from_lark
+from lark import Lark
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.token_set import TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.dsl import CompiledSpec, DslError, load_spec, read_spec_file
+from lowprob.dsl.parser import grammar_text
 from lowprob.plugins import load_registry
 from lowprob.plugins.builtin.hf_vocab import builtin_vocabulary
 from lowprob.plugins.builtin.tokenizers import default_vocabulary
@@ -201,7 +205,8 @@ statements = st.one_of(
     st.tuples(st.sampled_from(NAMES), set_exprs).map(lambda t: f"tokens {t[0]} = {t[1]}"),
     st.tuples(st.sampled_from(NAMES), alternatives).map(lambda t: f"dist {t[0]} = {t[1]}"),
     st.tuples(
-        st.sampled_from(NAMES), st.one_of(strings, st.sampled_from(["#0", "#8191", "#8192", "#" + "9" * 30]))
+        st.sampled_from(NAMES),
+        st.one_of(strings, st.sampled_from(["#0", "#8191", "#8192", "#" + "9" * 30, "#" + "9" * 5000])),
     ).map(lambda t: f"target {t[0]} = argmax == {t[1]}"),
     st.tuples(st.sampled_from(NAMES), set_exprs).map(lambda t: f"target {t[0]} = argmax in {t[1]}"),
     st.sampled_from(["# a comment", "", "\ufeff", "\r", "\t"]),
@@ -413,6 +418,9 @@ def fuzz(strategy: st.SearchStrategy[tuple[Vocabulary, str | bytes]], cases: int
 
 STRATEGIES: dict[str, Callable[[], st.SearchStrategy[tuple[Vocabulary, str | bytes]]]] = {
     "generated": lambda: generated.map(lambda text: (vocabularies()["builtin"], text)),
+    "from the grammar": lambda: from_lark(Lark(grammar_text(), parser="lalr")).map(
+        lambda text: (vocabularies()["builtin"], text)
+    ),
     "mutated text": lambda: mutated_text().map(lambda c: (vocabulary_for(c[0]), c[1])),
     "mutated bytes": lambda: mutated_bytes().map(lambda c: (vocabulary_for(c[0]), c[1])),
 }
@@ -440,6 +448,9 @@ def test_hostile_specs_quick(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.fuzz
-@pytest.mark.parametrize(("kind", "cases"), [("generated", 4000), ("mutated text", 4000), ("mutated bytes", 2000)])
+@pytest.mark.parametrize(
+    ("kind", "cases"),
+    [("generated", 3000), ("from the grammar", 2000), ("mutated text", 3500), ("mutated bytes", 1500)],
+)
 def test_hostile_specs(kind: str, cases: int, tmp_path: Path) -> None:
     check(fuzz(STRATEGIES[kind](), cases, tmp_path), cases)
