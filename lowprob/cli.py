@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,6 +42,8 @@ EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 70
 """Exit status of a bug (an unexpected exception): ``EX_SOFTWARE`` of sysexits.h."""
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, what a shell reports for a writer whose reader closed the pipe."""
 MAX_SHOWN_SAMPLES = 10_000
 """Decoded samples ``estimate --samples`` and ``sample -n`` print at most (more is not for reading)."""
 
@@ -76,6 +80,10 @@ class _Group(click.Group):
             sys.exit(EXIT_INTERRUPTED)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:  # the reader went away (`lowprob ... | head`): not an error of lowprob's
+            with contextlib.suppress(OSError, ValueError):  # stdout onto /dev/null (when it is a real file), so
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush cannot fail
+            sys.exit(EXIT_BROKEN_PIPE)
         except Exception as exc:
             if ctx.params.get("verbose"):
                 _echo_err(traceback.format_exc().rstrip())

@@ -322,3 +322,27 @@ def test_the_judge_tells_outcomes_apart(registry: Registry, monkeypatch: pytest.
     monkeypatch.setattr(hostile, "CASE_SECONDS", 0.0)
     assert tally.judge([*sample, "-1"], None, "  ") == "hang"
     assert len(tally.failures) == 4 and "silent acceptance" in tally.failures[0]
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def closed() -> Registry:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(cli, "_registry", closed)
+    code, output = invoke("sample", "hex")
+    assert code == cli.EXIT_BROKEN_PIPE == 141 and output == ""
+
+
+def test_merge_refuses_a_damaged_input_and_a_read_only_output(tmp_path: Path) -> None:
+    toy = toy_problem(seed=2)
+    good = tmp_path / "good.json"
+    run_ground_truth(toy.model, toy.distribution, "toy", good, samples=64, shard_size=64)
+    (tmp_path / "bad.json").write_text("[]")
+    code, output = invoke("ground-truth", "merge", str(good), str(tmp_path / "bad.json"), "--output",
+                          str(tmp_path / "m.json"))
+    assert code == 1 and f"{tmp_path / 'bad.json'}: not a lowprob ground-truth file" in output
+    readonly = tmp_path / "ro.json"
+    readonly.write_text("{}")
+    readonly.chmod(0o444)
+    code, output = invoke("ground-truth", "merge", str(good), "--output", str(readonly))
+    assert code == 1 and "is read-only" in output and readonly.read_text() == "{}"
