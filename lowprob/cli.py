@@ -166,7 +166,7 @@ def main(verbose: bool) -> None:
 
     \b
     Exit status: 0 done, 1 bad input (the message says what and where), 2 bad command line, 70 internal
-    error (a bug: rerun with -v for the traceback), 130 interrupted.
+    error (a bug: rerun with -v for the traceback), 130 interrupted, 141 output pipe closed.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="lowprob: %(message)s")
 
