@@ -31,6 +31,7 @@ from lowprob.core.progress import progress_bar
 from lowprob.core.runner import check_budget, check_runnable
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.engine import Engine, Job
+from lowprob.executors import ExecutorSettings, add_executor_options
 from lowprob.experiments import open_results, plan, run
 from lowprob.ground_truth import MAX_RESERVOIR, MAX_SHARD_SIZE, MAX_SHARDS
 from lowprob.plugins import Registry, load_registry, plugin_infos
@@ -244,7 +245,8 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
 @click.argument("experiment", type=FilePath(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Validate and list what would run; run nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar over estimates.")
-def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
+@add_executor_options
+def run_command(experiment: Path, dry_run: bool, progress: bool | None, executor: dict[str, Any]) -> None:
     """Run an experiment file (TOML), resuming where an earlier run of it stopped.
 
     \b
@@ -254,6 +256,7 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
     """
     registry = _registry()
     exp = plan(experiment, registry)
+    runner = exp.executor.merged(**executor).create()
     results = open_results(exp)
     todo = results.pending(exp.jobs)
     click.echo(f"experiment {exp.spec.name}: {len(exp.jobs)} estimates planned, {len(exp.jobs) - len(todo)} "
@@ -266,7 +269,7 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None) -> None:
         return
     bar = progress_bar(len(todo), "estimates", progress)
     try:
-        for row in run(exp, registry, results):
+        for row in run(exp, registry, results, runner):
             bar.update(1)
             if row.estimate is not None:
                 bar.write(f"  {row.distribution} / {row.target} / {row.label} / seed {row.seed}: "
@@ -483,9 +486,11 @@ def ground_truth() -> None:
 @click.option("--output", type=FilePath(path_type=Path), required=True, help="Ground-truth file (resumed if there).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
 @click.option("--dry-run", is_flag=True, help="Validate everything and show what would be counted; count nothing.")
+@add_executor_options
 def ground_truth_run(spec: str, model: str | None, distribution: str | None, samples: int, shard_size: int,
                      first_seed: int, reservoir: int, reservoir_max_p: float, batch_size: int, device: str | None,
-                     precision: str, output: Path, progress: bool | None, dry_run: bool) -> None:
+                     precision: str, output: Path, progress: bool | None, dry_run: bool,
+                     executor: dict[str, Any]) -> None:
     """Count argmax tokens of SPEC's inputs (a registered distribution, a spec file or DSL text).
 
     \b
@@ -493,8 +498,10 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
       lowprob ground-truth run caps --model lowprob-1l --samples 2^20 --output gt/lowprob-1l/caps.json
     """
     from lowprob.core.model import ModelAdapter
-    from lowprob.ground_truth import check_run, pending_seeds, run_ground_truth
+    from lowprob.ground_truth import check_run, pending_seeds
+    from lowprob.ground_truth_tasks import ShardSettings, count_ground_truth
 
+    runner = ExecutorSettings().merged(**executor).create()
     settings = {"samples": samples, "shard_size": shard_size, "first_seed": first_seed}
     existing = check_run(output, **settings, reservoir_size=reservoir, reservoir_max_p=reservoir_max_p,
                          batch_size=batch_size)
@@ -509,12 +516,13 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
         click.echo(f"{output}: {adapter.name} on {name} (hash {dist.content_hash}): {samples // shard_size} shards "
                    f"of {shard_size} wanted, {samples // shard_size - len(todo)} already there, {len(todo)} to count")
         return
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device != "cpu":
-        adapter = ModelAdapter(adapter.model.to(device), adapter.vocab, adapter.name, device=device)
-    total = run_ground_truth(adapter, dist, name, output, **settings, reservoir_size=reservoir,
-                             reservoir_max_p=reservoir_max_p, batch_size=batch_size, precision=precision,
-                             progress=progress)
+    if runner.in_process:  # workers of other executors load the model on their own device
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device != "cpu":
+            adapter = ModelAdapter(adapter.model.to(device), adapter.vocab, adapter.name, device=device)
+    total = count_ground_truth(runner, adapter, dist, name, output, source=source, dist_name=distribution,
+                               samples=samples, first_seed=first_seed, device=device, progress=progress,
+                               settings=ShardSettings(shard_size, reservoir, reservoir_max_p, batch_size, precision))
     _show_ground_truth(total, output)
 
 

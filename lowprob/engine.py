@@ -3,7 +3,9 @@ written by the one results-file writer as soon as it exists.
 
 A caller plans :class:`Job` s (a :class:`RowSpec` each) and supplies a function computing a job's row. The
 engine reads the results file once, keeps every row in memory (so a caller can look at rows written earlier in
-the same run, e.g. to choose a tuned temperature), skips jobs already done and appends each new row.
+the same run, e.g. to choose a tuned temperature), skips jobs already done and appends each new row. Jobs can
+also run as tasks on an executor (:mod:`lowprob.executors`); their rows come back to this process, still the
+file's only writer.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lowprob.executors import Executor, Task
 from lowprob.results import ResultRow, ResultsFile, RowSpec, check_writable
 
 
@@ -76,3 +79,18 @@ class Engine:
             row = compute(job)
             self.write(row)
             yield job, row
+
+    def run_tasks(self, jobs: Iterable[Job], task: Callable[[Job], Task], executor: Executor
+                  ) -> Iterator[tuple[Job, ResultRow]]:
+        """Run each pending job as ``task(job)`` (its ``run()`` returns the row) on ``executor``; each row is
+        written here as it arrives (in completion order), so the file stays exact and a killed run resumes.
+
+        A marker row under a group key stands for its group's later rows: those are not written.
+        """
+        pairs = [(job, task(job)) for job in self.pending(jobs)]
+        job_of = {id(t): job for job, t in pairs}  # the executor yields the very task objects it was given
+        for done, row in executor.run([t for _, t in pairs]):
+            job = job_of[id(done)]
+            if not self.done(job):
+                self.write(row)
+                yield job, row

@@ -3,27 +3,29 @@
 The plan is validated in full (file keys, duplicates, model and estimator names, options, every spec compiled,
 the output writable) before the first estimate runs. Each estimate becomes one :class:`ResultRow` in the
 results file; rerunning the same experiment skips rows already there (:mod:`lowprob.engine`), so a run killed
-halfway resumes without losing or duplicating rows.
+halfway resumes without losing or duplicating rows. With an executor other than serial (:mod:`lowprob.executors`)
+each row is a task grouped by model, so a worker loads each model once; the driver alone writes the rows.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lowprob.api import SpecSource, compile_source, resolve_spec, run_problem
+from lowprob.api import CompiledSource, SpecSource, compile_source, resolve_spec, run_problem
 from lowprob.config_files import StrictModel, read_toml_config, reject_duplicates
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem
 from lowprob.core.random import Seed
 from lowprob.engine import Engine, Job
-from lowprob.plugins import Registry
+from lowprob.executors import Executor, ExecutorSettings, worker_state
+from lowprob.plugins import Registry, load_registry
 from lowprob.results import ResultRow, RowSpec
 
 
@@ -60,8 +62,9 @@ class BudgetPreset(StrictModel):
     preset: Literal["paper"]
 
 
-class ExperimentFile(StrictModel):
-    """The schema of an experiment TOML file."""
+class ExperimentFile(ExecutorSettings):
+    """The schema of an experiment TOML file; the executor keys (``executor``, ``workers``, ``address``, ...)
+    are those of :class:`~lowprob.executors.ExecutorSettings` (the command line overrides them)."""
 
     name: str
     output: str = Field(description="results file (JSON lines), relative to the experiment file")
@@ -81,10 +84,17 @@ class Experiment:
     path: Path
     jobs: list[Job]
     problems: dict[tuple[str, str, str | None], Problem]
+    sources: dict[str, tuple[SpecSource, DistributionEntry]] = field(default_factory=dict)
+    """Each distribution's spec and entry by name: what a worker compiles its problems from."""
 
     @property
     def output(self) -> Path:
         return (self.path.parent / self.spec.output).resolve()
+
+    @property
+    def executor(self) -> ExecutorSettings:
+        """The executor keys of the experiment file."""
+        return ExecutorSettings.model_validate(self.spec.model_dump(include=set(ExecutorSettings.model_fields)))
 
 
 def read_experiment(path: Path | str) -> ExperimentFile:
@@ -140,7 +150,8 @@ def plan(path: Path | str, registry: Registry) -> Experiment:
         except LowprobError as exc:
             raise LowprobError(f"{path}: distribution '{source.name}' on model '{model}':\n{exc}") from None
     reject_duplicates(path, "the plan (a preset budget equal to a listed one?)", [job.key for job in jobs])
-    return Experiment(spec, path, jobs, problems)
+    return Experiment(spec, path, jobs, problems,
+                      {s.name: (s, entry) for s, entry in zip(sources, spec.distributions, strict=True)})
 
 
 def open_results(experiment: Experiment) -> Engine:
@@ -151,9 +162,59 @@ def open_results(experiment: Experiment) -> Engine:
         raise LowprobError(f"{experiment.path}: output: {exc}") from None
 
 
-def run(experiment: Experiment, registry: Registry, engine: Engine | None = None) -> Iterator[ResultRow]:
-    """Run every pending job, appending each row as soon as it exists; yields the rows written."""
+@dataclass(frozen=True)
+class RowTask:
+    """One estimate as a task for a worker: the row, the spec text it is compiled from, the level; no weights."""
+
+    spec: RowSpec
+    source: SpecSource
+    distribution: str | None
+    targets: tuple[str, ...]
+    level: float
+
+    @property
+    def group(self) -> Hashable:
+        return "experiment-model", self.spec.model
+
+    @property
+    def description(self) -> str:
+        return f"{self.spec.model} / {self.spec.distribution} / {self.spec.target} / {self.spec.label}"
+
+    def run(self) -> ResultRow:
+        models = worker_state(self.group, lambda: _ModelProblems(self.spec.model))
+        row = self.spec
+        problem = models.compiled(self.source, self.targets).problem(self.distribution, row.target)
+        estimate = run_problem(models.registry, problem, row.estimator, row.options, row.budget, row.seed or 0,
+                               level=self.level, progress=False)
+        return ResultRow.of(row, estimate=estimate)
+
+
+class _ModelProblems:
+    """A worker's registry with one model loaded, and the specs compiled against it so far."""
+
+    def __init__(self, model: str) -> None:
+        self.registry, self.model = load_registry(), model
+        self._compiled: dict[tuple[SpecSource, tuple[str, ...]], CompiledSource] = {}
+
+    def compiled(self, source: SpecSource, targets: tuple[str, ...]) -> CompiledSource:
+        key = (source, targets)
+        if key not in self._compiled:
+            self._compiled[key] = compile_source(self.registry, source, model=self.model, targets=targets)
+        return self._compiled[key]
+
+
+def run(experiment: Experiment, registry: Registry, engine: Engine | None = None,
+        executor: Executor | None = None) -> Iterator[ResultRow]:
+    """Run every pending job, appending each row as soon as it exists; yields the rows written.
+
+    Serially (the default) the estimates run here on the plan's compiled problems; on another ``executor``
+    each is a :class:`RowTask`, and rows are written here as they come back.
+    """
     engine = engine or open_results(experiment)
+    if executor is not None and not executor.in_process:
+        for _, row in engine.run_tasks(experiment.jobs, lambda job: _task(experiment, job), executor):
+            yield row
+        return
 
     def compute(job: Job) -> ResultRow:
         row = job.spec
@@ -164,3 +225,8 @@ def run(experiment: Experiment, registry: Registry, engine: Engine | None = None
 
     for _, row in engine.run(experiment.jobs, compute):
         yield row
+
+
+def _task(experiment: Experiment, job: Job) -> RowTask:
+    source, entry = experiment.sources[job.spec.distribution]
+    return RowTask(job.spec, source, entry.distribution, tuple(entry.targets), experiment.spec.level)
