@@ -34,13 +34,19 @@ from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
 from lowprob.plugins.scoring import Score
 
+RUN_CALLS_PER_REPLICA = 25
+"""Forward passes one run of N replicas is planned to cost, per replica: about 1 + ln(1/p) with k/N kills per
+iteration, sized for p ≈ 1e-10. ``runs=None`` plans ⌊calls / (25·N)⌋ runs (at least 2; 8 without a call limit)."""
+UNLIMITED_RUNS = 8
+
 
 class GAMSOptions(SplittingOptions):
     """Options of generalized AMS."""
 
     score: str = Field(default="twist", description="registered score function ξ with prefix scores (twist, ...)")
     kill: int = Field(default=10, ge=1, description="k: each iteration kills the k lowest levels and all ties")
-    runs: int = Field(default=8, ge=1, description="independent runs, fixed in advance and averaged")
+    runs: int | None = Field(default=None, ge=1,
+                             description="independent runs, fixed in advance (None: planned from the call budget)")
 
 
 @dataclass(frozen=True)
@@ -125,9 +131,18 @@ class GAMS(ScoredEstimator):
         if self.options.kill >= self.options.replicas:
             raise LowprobError(f"gams: kill={self.options.kill} must be less than replicas={self.options.replicas}")
 
+    def planned_runs(self, calls: float) -> int:
+        """``runs``, or as many runs as ``calls`` plan for (:data:`RUN_CALLS_PER_REPLICA`): fixed before any draw,
+        so the mean over runs stays unbiased."""
+        if self.options.runs is not None:
+            return self.options.runs
+        if math.isinf(calls):
+            return UNLIMITED_RUNS
+        return max(2, int(calls // (RUN_CALLS_PER_REPLICA * self.options.replicas)))
+
     def min_step_calls(self, backward_weight: float) -> float:
-        """Every run's N initial inputs (one forward pass each)."""
-        return float(self.options.runs * self.options.replicas)
+        """The N initial inputs of every run (two runs when they are planned from the budget)."""
+        return float(self.planned_runs(0) * self.options.replicas)
 
     def init(self, problem: Problem, generator: torch.Generator) -> GAMSState:
         return GAMSState(layout=Layout.of(problem.distribution))
@@ -150,14 +165,15 @@ class GAMS(ScoredEstimator):
              context: StepContext) -> tuple[GAMSState, StepInfo]:
         if state.score is None:
             before = problem.model.cost.model_calls(context.backward_weight)
-            start_calls = self.min_step_calls(context.backward_weight)
-            room = StepContext(context.allowance - start_calls, context.backward_weight)
+            count = min(self.planned_runs(context.allowance),
+                        max(1, int(context.allowance // self.options.replicas)))
+            room = StepContext(context.allowance - count * self.options.replicas, context.backward_weight)
             score, _ = self.fit_score(problem, generator, room)
             spent = problem.model.cost.model_calls(context.backward_weight) - before
             n = self.options.replicas
-            tokens = problem.distribution.sample(n * self.options.runs, generator)
+            tokens = problem.distribution.sample(n * count, generator)
             paths = self.evaluate(tokens, score, problem)
-            runs = tuple(Run(paths.take(torch.arange(r * n, (r + 1) * n))) for r in range(self.options.runs))
+            runs = tuple(Run(paths.take(torch.arange(r * n, (r + 1) * n))) for r in range(count))
             state = replace(state, score=score, runs=runs, pilot_calls=spent, score_info=score.describe())
             return state, self._info(state)
         before = problem.model.cost

@@ -104,10 +104,8 @@ def gams_with(registry, kill_ties: bool = True) -> type[GAMS]:  # type: ignore[n
 
 @pytest.mark.parametrize(("score", "replicas", "calls"), [
     ("exact-prefix", 2, 10**6),
-    ("exact-prefix", 2, 3),  # the budget cuts the run after one iteration: still unbiased (a martingale)
-    ("exact-prefix", 3, 10**6),
-    ("coarse-prefix", 2, 10**6),
-    ("coarse-prefix", 3, 10**6),
+    ("exact-prefix", 2, 3),  # the budget cuts runs after one iteration: still unbiased (a martingale)
+    ("coarse-prefix", 2, 4),  # the tie-heavy score, as the control below
 ])
 def test_gams_is_exactly_unbiased(binary_toy: ToyProblem, score: str, replicas: int, calls: int) -> None:
     cls = gams_with(registry_with_scores(binary_toy))
@@ -121,9 +119,9 @@ def test_killing_only_k_of_tied_replicas_is_biased(binary_toy: ToyProblem) -> No
     """Walter (2015): with a discrete score, killing exactly k of the tied replicas biases the estimate; the
     exact expectation shows it (the same toy and score pass with ties killed, above)."""
     cls = gams_with(registry_with_scores(binary_toy), kill_ties=False)
-    options = {"replicas": 3, "kill": 1, "runs": 1, "score": "coarse-prefix"}
-    result = exact_expectation(cls, binary_toy, Budget(model_calls=10**6), options, max_paths=200_000)
-    assert abs(result.value - binary_toy.exact) / binary_toy.exact > 1e-3, result
+    options = {"replicas": 2, "kill": 1, "runs": 1, "score": "coarse-prefix"}
+    result = exact_expectation(cls, binary_toy, Budget(model_calls=4), options, max_paths=200_000)
+    assert abs(result.value - binary_toy.exact) / binary_toy.exact > 0.1, result  # measured: +26 %
 
 
 def test_gams_needs_a_prefix_score(lookup_toy: ToyProblem) -> None:
@@ -196,24 +194,27 @@ class LevelBlindAMS(AMS):
         return super().refill(ladder, survivors, -math.inf, killed, state, generator)
 
 
-def _errors(cls: type[AMS], toy: ToyProblem, replicas: int, seeds: range) -> tuple[float, float, float]:
-    """(mean, its standard error, RMSE) of ``cls`` with N = ``replicas`` over ``seeds``, one ladder each."""
+def _errors(cls: type[AMS], toy: ToyProblem, replicas: int, seeds: range) -> tuple[float, float, float, float]:
+    """(mean, its standard error, RMSE, the RMSE's standard error) of one ladder of ``cls`` with N = ``replicas``
+    per seed (the RMSE's s.e. by the delta method, as ``check_consistent``)."""
     values = [run_estimator(cls({"replicas": replicas, "kill": max(1, replicas // 4), "mcmc_steps": 5,
                                  "ladders": 1}), toy.problem(), Budget(model_calls=10**6), seed,
                             progress=False).value for seed in seeds]
-    mean = statistics.fmean(values)
-    rmse = math.sqrt(statistics.fmean((v - toy.exact) ** 2 for v in values))
-    return mean, statistics.stdev(values) / math.sqrt(len(values)), rmse
+    squares = [(v - toy.exact) ** 2 for v in values]
+    rmse = math.sqrt(statistics.fmean(squares))
+    return (statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values)), rmse,
+            statistics.stdev(squares) / math.sqrt(len(squares)) / (2 * rmse))
 
 
+@pytest.mark.slow
 @pytest.mark.statistical
 def test_ams_error_shrinks_with_n_and_a_level_blind_control_does_not(lookup_toy: ToyProblem) -> None:
     seeds = range(16)
-    _, _, rmse_small = _errors(AMS, lookup_toy, 8, seeds)
-    mean, sem, rmse_large = _errors(AMS, lookup_toy, 64, seeds)
-    assert rmse_large < rmse_small / 2, (rmse_small, rmse_large)
+    _, _, rmse_small, noise_small = _errors(AMS, lookup_toy, 8, seeds)
+    mean, sem, rmse_large, noise_large = _errors(AMS, lookup_toy, 128, seeds)
+    assert rmse_large + 2 * noise_large < rmse_small - 2 * noise_small, (rmse_small, rmse_large)
     assert abs(mean - lookup_toy.exact) < 4 * sem, (mean, sem, lookup_toy.exact)
-    blind_mean, blind_sem, _ = _errors(LevelBlindAMS, lookup_toy, 64, seeds)
+    blind_mean, blind_sem, _, _ = _errors(LevelBlindAMS, lookup_toy, 128, seeds)
     assert abs(blind_mean - lookup_toy.exact) > 4 * blind_sem, (blind_mean, blind_sem, lookup_toy.exact)
 
 
