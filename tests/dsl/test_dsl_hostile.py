@@ -137,6 +137,25 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
         read_spec_file(path)
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.mkdir(), "this is a directory, not a spec file"),
+        (lambda p: p.write_bytes(b'dist main = "\xff"'), "the file is not UTF-8 text: byte 0xff at byte offset 13"),
+        (lambda p: p.write_bytes("dist main = BOS".encode("utf-16")), "the file is UTF-16 text"),
+    ],
+)
+def test_the_app_reads_spec_files_through_the_dsl(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    from lowprob.api import resolve_spec
+    from lowprob.plugins import load_registry
+
+    path = tmp_path / "x.lp"
+    make(path)
+    with pytest.raises(DslError, match=message):
+        resolve_spec(str(path), load_registry(entry_points=False))
+    assert resolve_spec("dist main = " + '"a.b" ' * 100, load_registry(entry_points=False)).origin == "<text>"
+
+
 def test_names_the_os_cannot_look_up_do_not_exist() -> None:
     assert not path_exists(Path("a" * 5000 + ".lp"))
     assert not path_exists(Path("a\x00.lp"))
