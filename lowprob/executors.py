@@ -384,15 +384,22 @@ class _RayWorker:
         return task.run()
 
 
+_idle_actors: dict[tuple[Any, ...], list[Any]] = {}
+"""Ray actors a finished run left idle, by (job, CPUs, GPUs): the next run in this driver reuses them with their
+loaded models instead of starting new worker processes (seconds each)."""
+
+
 class _RayPool:
     """``size`` Ray actors, each asking for ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs."""
 
     def __init__(self, ray: Any, size: int, settings: ExecutorSettings) -> None:
         self.size, self._ray = size, ray
+        self._args = (settings.cpus_per_worker, settings.gpus_per_worker)
         self._actor_class = ray.remote(num_cpus=settings.cpus_per_worker, num_gpus=settings.gpus_per_worker,
                                        max_restarts=0)(_RayWorker)
-        self._args = (settings.cpus_per_worker, settings.gpus_per_worker)
-        self._actors = [self._actor_class.remote(*self._args) for _ in range(size)]
+        self._idle = _idle_actors.setdefault((ray.get_runtime_context().get_job_id(), *self._args), [])
+        self._actors = [self._idle.pop() if self._idle else self._actor_class.remote(*self._args)
+                        for _ in range(size)]
         self._refs: dict[Any, int] = {}
 
     def submit(self, slot: int, task: Task) -> None:
@@ -413,8 +420,13 @@ class _RayPool:
         self._actors[slot] = self._actor_class.remote(*self._args)
 
     def close(self) -> None:
-        for actor in self._actors:
-            self._ray.kill(actor, no_restart=True)
+        """Keep idle actors for the next run; kill those still running a task (the run was stopped)."""
+        running = set(self._refs.values())
+        for slot, actor in enumerate(self._actors):
+            if slot in running:
+                self._ray.kill(actor, no_restart=True)
+            else:
+                self._idle.append(actor)
         self._refs.clear()
 
 

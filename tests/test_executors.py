@@ -1,0 +1,220 @@
+"""Executors: ground truth and experiments on local processes and a real local Ray cluster equal the serial run;
+a killed worker's task is rerun and counted once; a stopped run resumes from its file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import lowprob.ground_truth_tasks as gt_tasks
+from lowprob.api import SpecSource, compile_source, resolve_spec
+from lowprob.cli import main
+from lowprob.core.errors import LowprobError
+from lowprob.executors import Executor, ExecutorSettings, SerialExecutor, _GroupQueue
+from lowprob.experiments import Experiment, plan, run
+from lowprob.ground_truth import GroundTruth, run_ground_truth
+from lowprob.ground_truth_tasks import ShardSettings, ShardTask, count_ground_truth
+from lowprob.plugins import load_registry
+from lowprob.results import ResultRow, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "examples/specs/demo.lp")
+SAMPLES, SETTINGS = 2**12, ShardSettings(2**9, batch_size=512)
+KINDS = ["processes", "ray"]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One real local Ray cluster (2 CPUs) for the whole session; test-module tasks travel by value."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'lowprob[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(params=KINDS)
+def executor(request: pytest.FixtureRequest) -> Executor:
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+    return ExecutorSettings(executor=request.param, workers=2, retries=2).create()
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple[Any, SpecSource]:
+    registry = load_registry()
+    source = resolve_spec(DEMO, registry)
+    return compile_source(registry, source, model="random-1l"), source
+
+
+@pytest.fixture(scope="module")
+def serial_file(demo: tuple[Any, SpecSource], tmp_path_factory: pytest.TempPathFactory) -> GroundTruth:
+    compiled, source = demo
+    return run_ground_truth(compiled.model, compiled.spec.distribution(None), source.name,
+                            tmp_path_factory.mktemp("serial") / "gt.json", samples=SAMPLES,
+                            shard_size=SETTINGS.shard_size, batch_size=SETTINGS.batch_size, progress=False)
+
+
+def count(executor: Executor, demo: tuple[Any, SpecSource], output: Path, source: SpecSource | None = None,
+          samples: int = SAMPLES) -> GroundTruth:
+    compiled, demo_source = demo
+    return count_ground_truth(executor, compiled.model, compiled.spec.distribution(None), demo_source.name, output,
+                              source=source or demo_source, dist_name=None, samples=samples, settings=SETTINGS,
+                              progress=False)
+
+
+def test_ground_truth_counts_equal_the_serial_run_bit_for_bit(executor: Executor, demo: tuple[Any, SpecSource],
+                                                               serial_file: GroundTruth, tmp_path: Path) -> None:
+    half = count(executor, demo, tmp_path / "gt.json", samples=SAMPLES // 2)  # a driver stopped half-way ...
+    assert half.seeds == tuple(range(4))
+    whole = count(executor, demo, tmp_path / "gt.json")  # ... resumes from the file
+    saved = GroundTruth.load(tmp_path / "gt.json")
+    assert whole.seeds == saved.seeds == serial_file.seeds == tuple(range(8))
+    assert saved.to_json()["checksum"] == serial_file.to_json()["checksum"]  # counts, seeds and reservoir
+    assert saved.metadata["forward"] == serial_file.metadata["forward"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DyingShard(ShardTask):
+    """Shard 3 kills its own worker (SIGKILL) the first time it runs: a marker next to the spec file says so."""
+
+    def run(self) -> GroundTruth:
+        marker = Path(self.source.origin).with_suffix(".killed")
+        if self.seed == 3 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().run()
+
+
+def test_a_killed_worker_task_is_rerun_and_counted_once(executor: Executor, demo: tuple[Any, SpecSource],
+                                                        serial_file: GroundTruth, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "demo.lp"
+    spec.write_text(Path(DEMO).read_text())
+    monkeypatch.setattr(gt_tasks, "ShardTask", DyingShard)
+    total = count(executor, demo, tmp_path / "gt.json", SpecSource(spec.read_text(), str(spec), "demo"))
+    assert spec.with_suffix(".killed").exists(), "the worker running shard 3 should have been killed"
+    assert total.seeds == tuple(range(8)) and total.samples == SAMPLES
+    assert GroundTruth.load(tmp_path / "gt.json").to_json()["checksum"] == serial_file.to_json()["checksum"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AlwaysDies:
+    group: str = "g"
+
+    def run(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fails:
+    group: str = "g"
+
+    def run(self) -> None:
+        raise LowprobError("this task cannot run")
+
+
+def test_a_task_that_always_kills_its_worker_stops_the_run_and_a_task_error_reaches_the_driver() -> None:
+    runner = ExecutorSettings(executor="processes", workers=1, retries=1).create()
+    with pytest.raises(LowprobError, match=r"a worker died running AlwaysDies 2 times \(exit code -9\); giving up "
+                                           r"after 1 reruns"):
+        list(runner.run([AlwaysDies()]))
+    with pytest.raises(LowprobError, match="this task cannot run"):
+        list(runner.run([Fails()]))
+
+
+EXPERIMENT = """
+name = "executors"
+output = "results.jsonl"
+models = ["random-1l"]
+seeds = [0, 1, 2]
+{executor}
+[[distributions]]
+spec = "{spec}"
+targets = ["stop", "argmax in /^[A-Z]{{2,}}$/"]
+
+[[estimators]]
+name = "naive"
+
+[[budgets]]
+model_calls = 2000
+"""
+
+
+def experiment(folder: Path, executor: str = "") -> Experiment:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "exp.toml").write_text(textwrap.dedent(EXPERIMENT.format(spec=DEMO, executor=executor)))
+    return plan(folder / "exp.toml", load_registry())
+
+
+def comparable(row: ResultRow) -> dict[str, Any]:
+    """A row without its timings (seconds, start time): what must equal between executors."""
+    assert row.estimate is not None
+    estimate = row.estimate.model_dump(exclude={"seconds": True, "model_seconds": True, "provenance": {"started_at"}})
+    return {**row.model_dump(exclude={"estimate"}), "estimate": estimate}
+
+
+@pytest.fixture(scope="module")
+def serial_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    exp = experiment(tmp_path_factory.mktemp("serial-exp"))
+    return {row.key: comparable(row) for row in run(exp, load_registry(), executor=SerialExecutor())}
+
+
+def test_an_experiment_gives_the_serial_rows_and_resumes(executor: Executor, serial_rows: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    exp = experiment(tmp_path)
+    assert len(exp.jobs) == len(serial_rows) == 6
+    first = list(run(dataclasses.replace(exp, jobs=exp.jobs[:2]), load_registry(), executor=executor))
+    assert len(first) == 2  # the driver "killed" after two rows; the rerun resumes with the other four
+    rest = list(run(exp, load_registry(), executor=executor))
+    assert len(rest) == 4 and {r.key for r in first}.isdisjoint(r.key for r in rest)
+    rows = read_results(exp.output)
+    assert len(rows) == 6 and {row.key: comparable(row) for row in rows} == serial_rows
+
+
+def test_executor_keys_in_the_experiment_file_and_on_the_command_line(tmp_path: Path) -> None:
+    exp = experiment(tmp_path, 'executor = "processes"\nworkers = 2\ncpus_per_worker = 1')
+    assert (exp.executor.executor, exp.executor.workers) == ("processes", 2)
+    assert exp.executor.merged(executor="serial", workers=None).executor == "serial"  # the command line wins
+    with pytest.raises(LowprobError, match="needs --executor ray"):
+        exp.executor.merged(address="auto").create()
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "exp.toml"), "--executor", "serial", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert len(read_results(exp.output)) == 6
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "exp.toml"), "--workers", "0"])
+    assert result.exit_code == 2 and "--workers" in result.output
+    (tmp_path / "bad.toml").write_text(EXPERIMENT.format(spec=DEMO, executor='executor = "threads"'))
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 1 and "executor" in result.output and "'serial', 'processes' or 'ray'" in result.output
+
+
+def test_cli_ground_truth_on_processes_equals_serial(tmp_path: Path, serial_file: GroundTruth) -> None:
+    result = CliRunner().invoke(main, ["ground-truth", "run", DEMO, "--model", "random-1l", "--samples", "2^12",
+                                       "--shard-size", "2^9", "--batch-size", "512", "--executor", "processes",
+                                       "--workers", "2", "--output", str(tmp_path / "gt.json")])
+    assert result.exit_code == 0, result.output
+    assert GroundTruth.load(tmp_path / "gt.json").to_json()["checksum"] == serial_file.to_json()["checksum"]
+
+
+def test_a_free_worker_gets_more_of_its_own_group_first() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Job:
+        group: str
+        n: int
+
+        def run(self) -> None: ...
+
+    queue = _GroupQueue([Job("a", 0), Job("b", 1), Job("a", 2), Job("b", 3)])
+    assert queue.pop(None)[1] == Job("a", 0)
+    assert queue.pop("b")[1] == Job("b", 1) and queue.pop("b")[1] == Job("b", 3)
+    queue.put_back(1, Job("b", 1))  # a rerun goes first
+    assert queue.pop("a")[1] == Job("a", 2) and queue.pop("a")[1] == Job("b", 1) and not queue
