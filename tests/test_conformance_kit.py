@@ -31,6 +31,8 @@ from lowprob.plugins.testing import (
     check_unbiased,
     exact_probability,
     lookup_model,
+    raw_value,
+    replicate,
     toy_problem,
 )
 
@@ -337,3 +339,14 @@ def test_the_exact_check_reports_its_tolerance_as_what_it_could_see(binary_looku
     options, budget = NAIVE_TWO
     report = check_unbiased(NaiveMonteCarlo, binary_lookup, budget, options=options)
     assert (report.verdict, report.mode, report.detectable_bias) == ("passed", "exact", EXACT_REL_TOL)
+
+
+def test_the_checks_judge_the_estimators_value_before_the_runner_clips_it(small_lookup: ToyProblem) -> None:
+    """Two-sample ITGIS runs can estimate more than 1 (run_estimator reports 1 and keeps the raw value): the exact
+    expectation of the raw values is p, that of the clipped ones is not."""
+    options, budget = ITGIS_TWO
+    runs = replicate(ITGIS, small_lookup, budget, range(200), options)
+    clipped = [e for e in runs if "unclipped_value" in e.diagnostics]
+    assert clipped and all(e.value == 1.0 < raw_value(e) for e in clipped)
+    report = check_unbiased(ITGIS, small_lookup, budget, options=options, mode="exact")
+    assert report.passed, report.detail
