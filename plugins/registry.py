@@ -218,7 +218,7 @@ class Registry:
         """
         cls = self.estimator(name)
         if "registry" in inspect.signature(cls).parameters:
-            return cls(options, registry=self)  # type: ignore[call-arg]
+            return cls(options, registry=self)
         return cls(options)
 
     def score(self, name: str) -> ScoreBuilder:
