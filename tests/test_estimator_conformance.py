@@ -33,12 +33,16 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
     "mhis": {"chains": 16, "burn_in": 8, "temperature": 3.0},
     "optimal-constant": {"value": 0.1},
     "tsmc": {"particles": 32, "pilot": 32},
+    "ams": {"replicas": 32, "kill": 4, "mcmc_steps": 5},
+    "subset-simulation": {"replicas": 32, "p0": 0.25},
+    "gams": {"replicas": 64, "kill": 16, "runs": 6, "pilot": 16},
     "tsmc-ctl": {"particles": 32, "pilot": 16, "train_particles": 16, "rounds": 1, "train_steps": 3,
                  "weight_decay": 1.0},
 }
 """Options that fit the estimators to a toy problem's tiny size (defaults are sized for real models); MHIS's
 T = 3 suits the lookup toy's logit scale (see docs/estimators/mhis.md, failure modes)."""
-COVERAGE_CALLS = {"naive": 1000, "itgis": 6000, "mhis": 6000, "tsmc": 900, "tsmc-ctl": 1500}
+COVERAGE_CALLS = {"naive": 1000, "itgis": 6000, "mhis": 6000, "tsmc": 900, "tsmc-ctl": 1500, "ams": 1500,
+                  "subset-simulation": 1500, "gams": 900}
 """Budgets at which the normal-approximation intervals are expected to hold their level on the lookup toy;
 ITGIS's interval under-covers at a few hundred samples (documented in docs/estimators/itgis.md); so does
 tsmc-ctl's Student-t interval over replicates at 900 calls (docs/estimators/tsmc.md)."""

@@ -227,7 +227,7 @@ class GAMS(ScoredEstimator):
         for j, p in enumerate(layout.positions):
             rows = torch.nonzero(first < j)[:, 0]
             if rows.numel():
-                tokens[rows, p] = cats[p].sample(rows.numel(), generator)  # type: ignore[arg-type]
+                tokens[rows, p] = cats[p].sample(rows.numel(), generator)
         return Paths(tokens, chosen.xi, chosen.hit), first < chosen.xi.shape[1] - 1
 
     def _evaluate_pending(self, state: GAMSState, runs: list[Run],

@@ -72,7 +72,7 @@ def build_twist(problem: Problem, pilot: int, generator: torch.Generator | Enume
     layout = Layout.of(problem.distribution)
     if pilot < 1:
         return TwistScore(layout, GradientTwist.flat(layout), problem.target)
-    tokens = problem.distribution.sample(pilot, generator)  # type: ignore[arg-type]
+    tokens = problem.distribution.sample(pilot, generator)
     logits, mean = problem.model.mean_target_gradients(tokens, problem.target)
     twist = GradientTwist.from_gradients(layout, mean.double().cpu(), tokens, margin(logits, problem.target), 1.0)
     return TwistScore(layout, twist, problem.target)

@@ -163,7 +163,7 @@ class LevelKernel:
         rows = torch.arange(n)
         position = self.positions[integers(self.positions.numel(), (n,), generator)]
         log_phi = self.proposal(replicas, position)
-        new_token = sample_rows(log_phi, 1, generator)[0]  # type: ignore[arg-type]
+        new_token = sample_rows(log_phi, 1, generator)[0]
         old_token = replicas.tokens[rows, position]
         tokens = replicas.tokens.clone()
         tokens[rows, position] = new_token
@@ -171,7 +171,7 @@ class LevelKernel:
         accept = proposed.score > level
         if self.w_e is not None:
             log_alpha = self.log_hastings(proposed, position, old_token, new_token, log_phi)
-            accept &= uniform((n,), generator, torch.float64).log() < log_alpha  # type: ignore[arg-type]
+            accept &= uniform((n,), generator, torch.float64).log() < log_alpha
         return replicas.where(accept, proposed), accept
 
     def log_hastings(self, proposed: Replicas, position: torch.Tensor, old_token: torch.Tensor,
