@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from lowprob.api import compile_source, resolve_spec
-from lowprob.executors import ExecutorSettings
+from lowprob.executors import EXECUTORS, ExecutorKind, ExecutorSettings
 from lowprob.ground_truth import GroundTruth
 from lowprob.ground_truth_tasks import ShardSettings, ShardTask
 from lowprob.plugins import load_registry
@@ -46,7 +46,7 @@ class Timed:
         return self.shard.run(), time.perf_counter() - started
 
 
-def _timed(kind: str, workers: int, tasks: list[ShardTask]) -> tuple[float, float, np.ndarray]:
+def _timed(kind: ExecutorKind, workers: int, tasks: list[ShardTask]) -> tuple[float, float, np.ndarray]:
     """Wall seconds to run ``tasks`` on ``workers``, the seconds they ran in workers, and their summed counts."""
     executor = ExecutorSettings(executor=kind, workers=None if kind == "serial" else workers).create()
     started = time.perf_counter()
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--shard-size", type=int, default=1 << 12)
     parser.add_argument("--tiny", type=int, default=64, help="one-input tasks for the per-task overhead")
-    parser.add_argument("--kinds", nargs="+", default=["serial", "processes", "ray"])
+    parser.add_argument("--kinds", nargs="+", choices=EXECUTORS, default=list(EXECUTORS))
     args = parser.parse_args()
     torch.set_num_threads(1)
     registry = load_registry()

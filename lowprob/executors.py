@@ -78,7 +78,7 @@ def worker_state(key: Hashable, load: Callable[[], S]) -> S:
     if key not in _state:
         _state.clear()
         _state[key] = load()
-    return _state[key]  # type: ignore[no-any-return]
+    return _state[key]
 
 
 def _start_worker(threads: int, device: str | None) -> None:
@@ -309,7 +309,7 @@ def _process_main(conn: Connection, threads: int, device: str | None) -> None:
             conn.send(("error", _sendable(exc)))
 
 
-def _context_for_processes() -> multiprocessing.context.BaseContext:
+def _context_for_processes() -> Any:
     """Forkserver where there is one (workers fork from a server that has imported torch, TransformerLens and lowprob,
     seconds each, and never from a driver holding threads or CUDA state), spawn elsewhere."""
     if "forkserver" in multiprocessing.get_all_start_methods():
@@ -343,7 +343,7 @@ class _ProcessPool:
             self._workers[slot][1].send(task)
 
     def wait(self, busy: list[int]) -> tuple[int, Any]:
-        handles = {self._workers[s][1]: s for s in busy}
+        handles: dict[Any, int] = {self._workers[s][1]: s for s in busy}
         handles.update({self._workers[s][0].sentinel: s for s in busy})
         ready = wait(list(handles))
         slot = handles[ready[0]]
