@@ -20,6 +20,7 @@ from lowprob.core.target import Target
 from lowprob.plugins.builtin.twists import GradientTwist, Layout, margin
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
+from lowprob.plugins.scoring import ScoreBuilder
 
 
 class MarginScore:
@@ -78,10 +79,14 @@ def build_twist(problem: Problem, pilot: int, generator: torch.Generator | Enume
     return TwistScore(layout, twist, problem.target)
 
 
+BUILTIN_SCORES: dict[str, ScoreBuilder] = {"margin": build_margin, "twist": build_twist}
+"""The built-in score builders by name (what an estimator created without a registry can use)."""
+DESCRIPTIONS = {"margin": "the target's logit margin at the last position (whole inputs only)",
+                "twist": "log of tsmc's gradient twist ψ_j, for prefixes and whole inputs (pilot fit)"}
+
+
 @hookimpl
 def register_scores(registrar: Registrar) -> None:
     """Register the built-in score functions."""
-    registrar.add_score("margin", build_margin,
-                        description="the target's logit margin at the last position (whole inputs only)")
-    registrar.add_score("twist", build_twist,
-                        description="log of tsmc's gradient twist ψ_j, for prefixes and whole inputs (pilot fit)")
+    for name, builder in BUILTIN_SCORES.items():
+        registrar.add_score(name, builder, description=DESCRIPTIONS[name])

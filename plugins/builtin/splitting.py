@@ -32,9 +32,9 @@ from lowprob.core.estimator import (
 )
 from lowprob.core.random import Enumerator, integers, uniform
 from lowprob.core.stats import clopper_pearson
+from lowprob.plugins.builtin.scores import BUILTIN_SCORES
 from lowprob.plugins.builtin.token_scores import sample_rows, tilted_log_probs
 from lowprob.plugins.hookspecs import hookimpl
-from lowprob.plugins.manager import load_registry
 from lowprob.plugins.registry import Registrar, Registry
 from lowprob.plugins.scoring import Score, ScoreBuilder
 
@@ -294,8 +294,9 @@ class LadderState:
 
 
 class ScoredEstimator(Estimator[Any]):
-    """Base of the splitting estimators: looks up the score named by ``options.score`` in ``registry`` (or a
-    fresh :func:`load_registry`) before any model call, and fits it on a pilot within :data:`PILOT_SHARE`."""
+    """Base of the splitting estimators: looks up the score named by ``options.score`` before any model call — in
+    the ``registry`` it is given (``Registry.create_estimator`` passes its own), else among the built-in scores —
+    and fits it on a pilot within :data:`PILOT_SHARE`."""
 
     options: SplittingOptions
 
@@ -308,7 +309,15 @@ class ScoredEstimator(Estimator[Any]):
     def score_builder(self) -> ScoreBuilder:
         """The builder of the score named by ``options.score``, looked up once."""
         if self._builder is None:
-            self._builder = (self._registry or load_registry()).score(self.options.score)
+            name = self.options.score
+            if self._registry is not None:
+                self._builder = self._registry.score(name)
+            elif name in BUILTIN_SCORES:
+                self._builder = BUILTIN_SCORES[name]
+            else:
+                raise LowprobError(f"unknown score {name!r} for estimator {self.name!r}: the built-in scores are "
+                                   f"{', '.join(sorted(BUILTIN_SCORES))}; a plugin's score needs the estimator "
+                                   f"from registry.create_estimator({self.name!r}, options)")
         return self._builder
 
     def check_problem(self, problem: Problem) -> None:
