@@ -329,6 +329,7 @@ class _ProcessPool:
             raise LowprobError("--gpus-per-worker needs CUDA, which this machine does not have")
         self._devices = [f"cuda:{slot % gpus}" if gpus else None for slot in range(size)]
         self._workers: list[tuple[Any, Connection]] = [self._start(slot) for slot in range(size)]
+        self._busy: set[int] = set()
 
     def _start(self, slot: int) -> tuple[Any, Connection]:
         ours, theirs = self._ctx.Pipe()
@@ -339,6 +340,7 @@ class _ProcessPool:
         return process, ours
 
     def submit(self, slot: int, task: Task) -> None:
+        self._busy.add(slot)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a dead worker: wait() reports it
             self._workers[slot][1].send(task)
 
@@ -347,6 +349,7 @@ class _ProcessPool:
         handles.update({self._workers[s][0].sentinel: s for s in busy})
         ready = wait(list(handles))
         slot = handles[ready[0]]
+        self._busy.discard(slot)
         process, conn = self._workers[slot]
         try:
             if conn.poll():
@@ -366,8 +369,11 @@ class _ProcessPool:
         self._workers[slot] = self._start(slot)
 
     def close(self) -> None:
-        for process, conn in self._workers:
+        """Idle workers exit when their pipe closes; those still running a task (the run was stopped) are killed."""
+        for slot, (process, conn) in enumerate(self._workers):
             conn.close()
+            if slot in self._busy:
+                process.kill()
             process.join(timeout=5)
             if process.is_alive():
                 process.kill()

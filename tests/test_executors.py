@@ -3,11 +3,13 @@ a killed worker's task is rerun and counted once; a stopped run resumes from its
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import signal
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import lowprob.ground_truth_tasks as gt_tasks
 from lowprob.api import SpecSource, compile_source, resolve_spec
 from lowprob.cli import main
 from lowprob.core.errors import LowprobError
+from lowprob.core.model import ModelAdapter
 from lowprob.executors import Executor, ExecutorSettings, SerialExecutor, _GroupQueue
 from lowprob.experiments import Experiment, plan, run
 from lowprob.ground_truth import GroundTruth, run_ground_truth
@@ -130,6 +133,39 @@ def test_a_task_that_always_kills_its_worker_stops_the_run_and_a_task_error_reac
         list(runner.run([AlwaysDies()]))
     with pytest.raises(LowprobError, match="this task cannot run"):
         list(runner.run([Fails()]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sleeps:
+    seconds: float
+    group: str = "g"
+
+    def run(self) -> float:
+        time.sleep(self.seconds)
+        return self.seconds
+
+
+def test_stopping_a_run_ends_the_workers_still_running_tasks() -> None:
+    runner = ExecutorSettings(executor="processes", workers=2).create()
+    started = time.monotonic()
+    results = runner.run([Sleeps(0), Sleeps(120), Sleeps(120)])
+    assert next(results)[1] == 0
+    results.close()  # the driver stops (Ctrl-C, an error): the two-minute tasks are killed, not waited for
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.gpu
+def test_ground_truth_on_gpu_workers_equals_the_serial_gpu_run(demo: tuple[Any, SpecSource], tmp_path: Path) -> None:
+    compiled, source = demo
+    on_gpu = copy.deepcopy(compiled.model.model).to("cuda")  # the module's model stays on the CPU
+    adapter = ModelAdapter(on_gpu, compiled.model.vocab, compiled.model.name, device="cuda")
+    serial = run_ground_truth(adapter, compiled.spec.distribution(None), source.name, tmp_path / "serial.json",
+                              samples=SAMPLES, shard_size=SETTINGS.shard_size, batch_size=SETTINGS.batch_size,
+                              progress=False)
+    runner = ExecutorSettings(executor="processes", workers=2, gpus_per_worker=1).create()
+    total = count(runner, demo, tmp_path / "workers.json")
+    assert total.metadata["device"].startswith("cuda")
+    assert total.to_json()["checksum"] == serial.to_json()["checksum"]
 
 
 EXPERIMENT = """
