@@ -150,11 +150,11 @@ class Executor:
                     queue.put_back(index, task)
                 elif isinstance(outcome, _Failed):
                     raise outcome.error
-                else:
-                    yield task, outcome
-                if queue:
+                if queue:  # the worker's next task first, so it computes while the caller handles this result
                     busy[slot] = queue.pop(task.group)
                     pool.submit(slot, busy[slot][1])
+                if not isinstance(outcome, _Lost):
+                    yield task, outcome
         finally:
             pool.close()
 
