@@ -452,8 +452,8 @@ class LadderEstimator(ScoredEstimator):
             "levels": [[lv.report() for lv in lad.levels] for lad in ladders],
             "std_error_method": summary.method,
         }
-        if summary.replicate_std_error is not None:
-            diagnostics["replicate_std_error"] = summary.replicate_std_error
+        if summary.formula_std_error is not None:
+            diagnostics["formula_std_error"] = summary.formula_std_error
         if summary.value == 0:
             diagnostics["zero_reason"] = "; ".join(str(lad.end) for lad in ladders)
         return EstimatorOutput(value=summary.value, std_error=summary.std_error, ci=summary.ci, hits=summary.hits,
@@ -471,7 +471,7 @@ def count_ends(ends: Iterable[str | None]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class LadderSummary:
-    """Ladders combined: the mean value, its standard error (from the per-ladder formula), interval and counts."""
+    """Ladders combined: the mean value, its standard error and interval, counts, and the formula's s.e."""
 
     value: float
     std_error: float | None
@@ -479,30 +479,38 @@ class LadderSummary:
     hits: int
     samples: int
     method: str
-    replicate_std_error: float | None
+    formula_std_error: float | None
 
 
 def summarize(ladders: Sequence[Ladder], level: float = 0.95) -> LadderSummary:
-    """Mean of the ladders' values; Var = Σ_r v_r²·δ_r² / R² from each ladder's formula; a lognormal interval
-    ``v·exp(±z·s.e./v)``; a zero mean gets ``[0, mean zero bound]``."""
+    """The mean of the ladders' values with its standard error and interval.
+
+    With two or more ladders: the spread of their values, and a Student-t interval on R − 1 degrees of freedom
+    (clipped at 0) — it sees the MCMC correlation the formula ignores. With one: the formula's relative variance
+    δ² (:attr:`Ladder.relative_variance`) and a lognormal interval ``v·exp(±z·δ)``. The formula's s.e.,
+    √(Σ_r v_r²·δ_r²)/R, is always reported. A zero mean gets ``[0, mean zero bound]``.
+    """
     r = len(ladders)
     values = [lad.value for lad in ladders]
     value = math.fsum(values) / r
     hits, samples = sum(lad.hits for lad in ladders), sum(lad.size for lad in ladders)
-    spread = (math.sqrt(math.fsum((v - value) ** 2 for v in values) / (r - 1) / r) if r > 1 else None)
-    method = "AMS variance formula per ladder (ideal mixing), lognormal interval"
+    formula = math.sqrt(math.fsum(v * v * (lad.relative_variance or 0.0)
+                                  for v, lad in zip(values, ladders, strict=True))) / r
     if value == 0:
         bound = math.fsum(lad.zero_bound(level) for lad in ladders) / r
         ci = ConfidenceInterval(low=0.0, high=bound, level=level,
                                 method="ladder probability at the last level x Clopper-Pearson(0 of N)")
-        return LadderSummary(0.0, None, ci, hits, samples, method, spread)
-    variance = math.fsum(v * v * (lad.relative_variance or 0.0) for v, lad in zip(values, ladders, strict=True))
-    std_error = math.sqrt(variance) / r
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    spread_factor = math.exp(z * std_error / value)
-    ci = ConfidenceInterval(low=value / spread_factor, high=min(1.0, value * spread_factor), level=level,
-                            method="lognormal from the AMS variance formula")
-    return LadderSummary(value, std_error, ci, hits, samples, method, spread)
+        return LadderSummary(0.0, None, ci, hits, samples, "none (zero estimate)", None)
+    if r == 1:
+        spread_factor = math.exp(float(stats.norm.ppf(0.5 + level / 2)) * formula / value)
+        ci = ConfidenceInterval(low=value / spread_factor, high=min(1.0, value * spread_factor), level=level,
+                                method="lognormal from the AMS variance formula (one ladder)")
+        return LadderSummary(value, formula, ci, hits, samples, "AMS variance formula (ideal mixing)", formula)
+    std_error = math.sqrt(math.fsum((v - value) ** 2 for v in values) / (r - 1) / r)
+    half = float(stats.t.ppf(0.5 + level / 2, r - 1)) * std_error
+    ci = ConfidenceInterval(low=max(0.0, value - half), high=min(1.0, value + half), level=level,
+                            method=f"student-t over {r} ladders")
+    return LadderSummary(value, std_error, ci, hits, samples, f"spread of {r} independent ladders", formula)
 
 
 class AMS(LadderEstimator):
