@@ -103,7 +103,8 @@ class Run:
         return math.fsum(lv.killed / lv.survivors / self.size for lv in self.levels) + (1 - r) / (self.size * r)
 
     def zero_bound(self, level: float) -> float:
-        """For a run that ended at 0: Π(1 − K_q/N) at its last level times Clopper–Pearson(0 of N) (approximate)."""
+        """A diagnostic for a run that ended at 0: Π(1 − K_q/N) at its last level times Clopper–Pearson(0 of N);
+        not a valid bound when the run missed a mode of the event."""
         return min(1.0, math.exp(self.log_weight) * clopper_pearson(0, self.size, level)[1])
 
 
@@ -265,10 +266,10 @@ class GAMS(ScoredEstimator):
         if not state.runs:
             raise LowprobError("gams drew no replicas: the budget ran out before the first population")
         runs = state.runs
-        zero_upper = math.fsum(run.zero_bound(level) for run in runs) / len(runs)
+        # no hit ever: none among the runs' first populations, which are independent draws from D
+        zero_upper = clopper_pearson(0, sum(run.size for run in runs), level)[1]
         summary = combine_replicates([run.log_value for run in runs], [run.size for run in runs], level,
-                                     zero_upper, "mean over runs of Π(1 − K/N) at the last level x "
-                                                 "Clopper-Pearson(0 of N)")
+                                     zero_upper, "clopper-pearson: 0 hits in the runs' initial draws from D")
         ci = None
         if summary.low is not None and summary.high is not None:
             ci = ConfidenceInterval(low=summary.low, high=summary.high, level=level, method=summary.method)
@@ -290,6 +291,7 @@ class GAMS(ScoredEstimator):
         }
         if summary.value == 0:
             diagnostics["zero_reason"] = "; ".join(str(run.end) for run in runs)
+            diagnostics["ladder_zero_bound"] = math.fsum(run.zero_bound(level) for run in runs) / len(runs)
         return EstimatorOutput(value=summary.value, std_error=summary.std_error, ci=ci,
                                hits=sum(run.hits for run in runs), samples=sum(run.size for run in runs),
                                diagnostics=diagnostics)

@@ -248,8 +248,9 @@ class Ladder:
         return self.ladder_variance + (1 - r) / (self.size * r) * (1 + self.final_correlation)
 
     def zero_bound(self, level: float) -> float:
-        """An approximate upper bound on p for a ladder that ended at 0: the ladder's probability at its last
-        level, raised by z of its relative s.d., times the Clopper–Pearson bound of 0 successes in N."""
+        """A model-based bound on p for a ladder that ended at 0, valid only if the kernel mixed: the ladder's
+        probability at its last level, raised by z of its relative s.d., times Clopper–Pearson(0 of N). A
+        diagnostic; the reported bound uses only the independent first draws."""
         z = float(stats.norm.ppf(0.5 + level / 2))
         return min(1.0, math.exp(self.log_weight + z * math.sqrt(self.ladder_variance))
                    * clopper_pearson(0, self.size, level)[1])
@@ -456,6 +457,7 @@ class LadderEstimator(ScoredEstimator):
             diagnostics["formula_std_error"] = summary.formula_std_error
         if summary.value == 0:
             diagnostics["zero_reason"] = "; ".join(str(lad.end) for lad in ladders)
+            diagnostics["ladder_zero_bound"] = math.fsum(lad.zero_bound(level) for lad in ladders) / len(ladders)
         return EstimatorOutput(value=summary.value, std_error=summary.std_error, ci=summary.ci, hits=summary.hits,
                                samples=summary.samples, diagnostics=diagnostics)
 
@@ -496,10 +498,9 @@ def summarize(ladders: Sequence[Ladder], level: float = 0.95) -> LadderSummary:
     hits, samples = sum(lad.hits for lad in ladders), sum(lad.size for lad in ladders)
     formula = math.sqrt(math.fsum(v * v * (lad.relative_variance or 0.0)
                                   for v, lad in zip(values, ladders, strict=True))) / r
-    if value == 0:
-        bound = math.fsum(lad.zero_bound(level) for lad in ladders) / r
-        ci = ConfidenceInterval(low=0.0, high=bound, level=level,
-                                method="ladder probability at the last level x Clopper-Pearson(0 of N)")
+    if value == 0:  # no hit ever: none among the ladders' first populations, which are independent draws from D
+        ci = ConfidenceInterval(low=0.0, high=clopper_pearson(0, samples, level)[1], level=level,
+                                method="clopper-pearson: 0 hits in the ladders' initial draws from D")
         return LadderSummary(0.0, None, ci, hits, samples, "none (zero estimate)", None)
     if r == 1:
         spread_factor = math.exp(float(stats.norm.ppf(0.5 + level / 2)) * formula / value)
