@@ -71,6 +71,9 @@ class Estimate(BaseModel):
     log10_value: float | None
     std_error: float | None
     ci: ConfidenceInterval | None
+    unclipped_value: float | None = None
+    """The estimator's own value where it exceeded 1 and ``value`` was cut to 1, else ``None``. Averages over runs
+    of an unbiased estimator should use :attr:`raw_value`: the cut biases them low near p = 1."""
     hits: int
     samples: int
     forward_passes: int
@@ -85,6 +88,11 @@ class Estimate(BaseModel):
     """What the estimator found wrong with its own run (e.g. chains that have not mixed); printed by ``summary``."""
     trace: list[TracePoint] = Field(default_factory=list)
     provenance: Provenance
+
+    @property
+    def raw_value(self) -> float:
+        """The estimator's own (unclipped) value: what unbiasedness is a statement about."""
+        return self.value if self.unclipped_value is None else self.unclipped_value
 
     @property
     def upper_bound(self) -> float | None:

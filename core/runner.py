@@ -30,7 +30,8 @@ def _thin(trace: list[TracePoint]) -> list[TracePoint]:
 
 def _checked(name: str, out: EstimatorOutput) -> EstimatorOutput:
     """``out`` validated and clipped to [0, 1] once, here, for every estimator: finite and non-negative, a zero
-    always with its upper bound, value and interval cut at 1 (the raw value kept as ``unclipped_value``)."""
+    always with its upper bound, value and interval cut at 1 (the caller keeps the raw value as
+    ``Estimate.unclipped_value``)."""
     if not (math.isfinite(out.value) and out.value >= 0):
         raise WeightError(f"estimator {name!r} produced an invalid estimate {out.value!r}")
     if out.std_error is not None and not math.isfinite(out.std_error):
@@ -39,10 +40,9 @@ def _checked(name: str, out: EstimatorOutput) -> EstimatorOutput:
     if out.value == 0 and (ci is None or not math.isfinite(ci.high)):
         raise WeightError(f"estimator {name!r} returned a zero estimate without an upper bound; a zero must carry "
                           "a confidence interval whose upper end bounds p")
-    diagnostics = {**out.diagnostics, "unclipped_value": out.value} if out.value > 1 else out.diagnostics
     if ci is not None and not (0 <= ci.low <= ci.high <= 1):
         ci = ci.model_copy(update={"low": min(max(ci.low, 0.0), 1.0), "high": min(max(ci.high, 0.0), 1.0)})
-    return replace(out, value=min(out.value, 1.0), ci=ci, diagnostics=diagnostics)
+    return replace(out, value=min(out.value, 1.0), ci=ci)
 
 
 def check_runnable(estimator: Estimator[Any], problem: Problem, budget: Budget, seed: int) -> None:
@@ -110,7 +110,8 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
                                   f"against a budget of {budget.model_calls}")
     finally:
         bar.close()
-    out = _checked(estimator.name, estimator.result(state, problem, level))
+    raw = estimator.result(state, problem, level)
+    out = _checked(estimator.name, raw)
     spent = meter.cost - start_cost
     info = dict(provenance or {})
     prov = Provenance(
@@ -131,6 +132,7 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
         log10_value=Estimate.log10(out.value),
         std_error=out.std_error,
         ci=out.ci,
+        unclipped_value=raw.value if raw.value > 1 else None,
         hits=out.hits,
         samples=out.samples,
         forward_passes=spent.forward_passes,

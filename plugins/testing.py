@@ -201,12 +201,6 @@ class CheckReport:
         return "passed" if self.passed else "inconclusive" if self.inconclusive else "failed"
 
 
-def raw_value(estimate: Estimate) -> float:
-    """The estimator's own estimate: ``run_estimator`` clips a value above 1 to 1 (keeping the raw one as
-    ``diagnostics["unclipped_value"]``), which biases any unbiased estimator low, so the checks judge the raw one."""
-    return float(estimate.diagnostics.get("unclipped_value", estimate.value))
-
-
 def replicate(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budget: Budget, seeds: range,
               options: Mapping[str, Any] | None = None) -> list[Estimate]:
     """Run the estimator once per seed on fresh meters."""
@@ -227,7 +221,7 @@ def exact_expectation(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budg
     def run(enumerator: Enumerator) -> float:
         # Deliberately not a torch.Generator: only lowprob.core.random can draw from it, anything else fails.
         generator = cast(torch.Generator, enumerator)
-        return raw_value(run_estimator(estimator, toy.problem(), budget, 0, progress=False, generator=generator))
+        return run_estimator(estimator, toy.problem(), budget, 0, progress=False, generator=generator).raw_value
 
     try:
         return expectation(run, max_paths)
@@ -286,7 +280,7 @@ def _check_replicates(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budg
     estimator gets more precise and a biased estimator fails.
     """
     estimates = replicate(estimator_cls, toy, budget, seeds, options)
-    values = [raw_value(e) for e in estimates]
+    values = [e.raw_value for e in estimates]
     mean = statistics.fmean(values)
     sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.inf
     if sem == 0:
@@ -336,7 +330,7 @@ def check_consistent(estimator_cls: type[Estimator[Any]], toy: ToyProblem, budge
     for budget in budgets:
         estimates = replicate(estimator_cls, toy, budget, seeds, options)
         everything += estimates
-        sq = [(raw_value(e) - toy.exact) ** 2 for e in estimates]
+        sq = [(e.raw_value - toy.exact) ** 2 for e in estimates]
         mse = statistics.fmean(sq)
         rmse = math.sqrt(mse)
         rmses.append(rmse)

@@ -31,7 +31,6 @@ from lowprob.plugins.testing import (
     check_unbiased,
     exact_probability,
     lookup_model,
-    raw_value,
     replicate,
     toy_problem,
 )
@@ -346,7 +345,7 @@ def test_the_checks_judge_the_estimators_value_before_the_runner_clips_it(small_
     expectation of the raw values is p, that of the clipped ones is not."""
     options, budget = ITGIS_TWO
     runs = replicate(ITGIS, small_lookup, budget, range(200), options)
-    clipped = [e for e in runs if "unclipped_value" in e.diagnostics]
-    assert clipped and all(e.value == 1.0 < raw_value(e) for e in clipped)
+    clipped = [e for e in runs if e.unclipped_value is not None]
+    assert clipped and all(e.value == 1.0 < e.raw_value for e in clipped)
     report = check_unbiased(ITGIS, small_lookup, budget, options=options, mode="exact")
     assert report.passed, report.detail

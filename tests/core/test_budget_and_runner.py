@@ -108,13 +108,13 @@ class Fixed(Estimator[int]):
 
 def test_values_and_intervals_are_clipped_to_the_unit_interval(toy) -> None:  # type: ignore[no-untyped-def]
     """Issue 12 (18): an importance-sampling mean of 1.0049 for p = 1 is reported as 1 (a probability), with its
-    interval cut at 1 and the raw value kept in the diagnostics."""
+    interval cut at 1 and the raw value kept as unclipped_value."""
     out = EstimatorOutput(value=1.0049, std_error=0.0064, hits=10, samples=10,
                           ci=ConfidenceInterval(low=0.992, high=1.0175, level=0.95, method="normal"))
     est = run_estimator(Fixed(out), toy.problem(), Budget(model_calls=5), seed=0, progress=False)
     assert est.value == 1.0 and est.log10_value == 0.0
     assert est.ci is not None and (est.ci.low, est.ci.high) == (0.992, 1.0)
-    assert est.diagnostics["unclipped_value"] == 1.0049
+    assert est.unclipped_value == est.raw_value == 1.0049
     whole = ConfidenceInterval(low=1.01, high=1.2, level=0.95, method="normal")
     est = run_estimator(Fixed(replace(out, ci=whole)), toy.problem(), Budget(model_calls=5), seed=0, progress=False)
     assert est.ci is not None and (est.ci.low, est.ci.high) == (1.0, 1.0)
