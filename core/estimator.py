@@ -28,9 +28,10 @@ PAPER_MODEL_CALLS = 2**16
 
 
 class EstimatorOptions(BaseModel):
-    """Base of every estimator's ``Options``: unknown keys are errors, values are validated."""
+    """Base of every estimator's ``Options``: unknown keys are errors, values are validated strictly (``true``,
+    ``"5"`` or ``1e3`` for an integer option is an error, not 1, 5 or 1000; an integer is still a valid float)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 @dataclass(frozen=True)
