@@ -21,7 +21,7 @@ from fuzz.hostile_inputs import (
     mutations,
     run_experiment_case,
     run_flag_case,
-    warm_registry,
+    shared_cli_registry,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,9 +43,7 @@ GT = ["ground-truth", "run", DEMO, *RANDOM, "--samples", "2^11", "--shard-size",
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
     """One registry for the module, so each model loads once (the CLI builds a fresh one per call)."""
-    shared = warm_registry()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_registry", lambda: shared)
+    with shared_cli_registry() as shared:
         yield shared
 
 

@@ -9,6 +9,7 @@ and an accepted invalid one both fail.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,12 +18,13 @@ import signal
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import pytest
 import torch
 from click.testing import CliRunner
 from hypothesis import strategies as st
@@ -362,6 +364,16 @@ def warm_registry() -> Registry:
     registry = load_registry()
     cli.compile_source(registry, cli.resolve_spec(DEMO, registry), model="random-1l")
     return registry
+
+
+@contextlib.contextmanager
+def shared_cli_registry() -> Iterator[Registry]:
+    """One warm registry that every in-process CLI call uses while the block runs (the CLI builds a fresh one per
+    call), so each model loads once per test module."""
+    shared = warm_registry()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "_registry", lambda: shared)
+        yield shared
 
 
 class _HardStop(BaseException):

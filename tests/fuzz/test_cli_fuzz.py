@@ -15,7 +15,7 @@ import lowprob.cli as cli
 from lowprob.ground_truth import run_ground_truth
 from lowprob.plugins import Registry
 
-from .hostile_inputs import COMMANDS, DEMO, GT_FILE, Tally, flag_sets, run_flag_case, warm_registry
+from .hostile_inputs import COMMANDS, DEMO, GT_FILE, Tally, flag_sets, run_flag_case, shared_cli_registry
 
 CASES = {"estimate": 1000, "sample": 300, "check": 300, "ground-truth run": 1000, "ground-truth show": 200}
 """Cases per command: 2800 flag sets in all, most where the options are most numerous."""
@@ -24,9 +24,7 @@ CASES = {"estimate": 1000, "sample": 300, "check": 300, "ground-truth run": 1000
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
     """One registry for every case, so each model loads once (the CLI builds a fresh one per call)."""
-    shared = warm_registry()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_registry", lambda: shared)
+    with shared_cli_registry() as shared:
         yield shared
 
 

@@ -12,10 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lowprob.cli as cli
 from lowprob.plugins import Registry
 
-from .hostile_inputs import EXAMPLES, Mutation, Tally, mutations, run_experiment_case, warm_registry
+from .hostile_inputs import EXAMPLES, Mutation, Tally, mutations, run_experiment_case, shared_cli_registry
 
 CASES = 2000
 
@@ -23,9 +22,7 @@ CASES = 2000
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
     """One registry for every case, so each model loads once (the CLI builds a fresh one per call)."""
-    shared = warm_registry()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_registry", lambda: shared)
+    with shared_cli_registry() as shared:
         yield shared
 
 
