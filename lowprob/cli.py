@@ -394,13 +394,12 @@ def plugins(as_json: bool) -> None:
     Block a plugin with LOWPROB_BLOCK_PLUGINS=name1,name2.
     """
     infos = plugin_infos(_registry())
-    data = [info.model_dump() if hasattr(info, "model_dump") else info.__dict__ for info in infos]
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps([info.model_dump() for info in infos], indent=2))
         return
-    rows = [[d["name"], d["version"] or "-",
-             "; ".join(f"{kind}: {', '.join(names)}" for kind, names in d["provides"].items() if names)]
-            for d in data]
+    rows = [[info.name, info.version or "-",
+             "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.provides.items() if names)]
+            for info in infos]
     click.echo(format_table(["plugin", "version", "provides"], rows))
 
 
