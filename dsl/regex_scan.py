@@ -21,6 +21,9 @@ import regex
 
 SCAN_SECONDS = 1.0
 """Most CPU seconds one regular expression may take to scan the vocabulary."""
+SPEC_SCAN_SECONDS = 1.5
+"""Most CPU seconds all the regular expressions of one spec may take together (a spec of thousands of distinct
+cheap regexes is as much a hang as one that backtracks)."""
 _TIMER, _SIGNAL = signal.ITIMER_VIRTUAL, signal.SIGVTALRM
 
 

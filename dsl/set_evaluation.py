@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import time
 from collections.abc import Callable, Mapping
 from functools import cached_property
 
@@ -15,9 +16,9 @@ from lowprob.core.errors import LowprobError, WeightError
 from lowprob.core.token_set import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary, token_strings
 from lowprob.dsl import syntax as s
-from lowprob.dsl.errors import SourceText, shorten
+from lowprob.dsl.errors import DslError, SourceText, shorten
 from lowprob.dsl.formatter import format_number, format_string
-from lowprob.dsl.regex_scan import SCAN_SECONDS, compile_pattern, search_all
+from lowprob.dsl.regex_scan import SCAN_SECONDS, SPEC_SCAN_SECONDS, compile_pattern, search_all
 
 BUILTINS = ("top", "vocab")
 """Functions every spec can call; they take precedence over injected resolvers of the same name."""
@@ -31,6 +32,11 @@ _COMPARE: dict[str, Callable[[int, float], bool]] = {
     ">": operator.gt,
 }
 _EMPTY_HINT = "a token set must contain at least one token"
+
+
+MAX_SET_OPERATIONS = 2000
+"""Most set operations (``|``, ``&``, ``-``, ``where``) one spec may evaluate: each costs a pass over up to the
+whole vocabulary, so a 100 000-character chain would otherwise take tens of seconds."""
 
 
 class TokenSetEvaluator:
@@ -47,6 +53,9 @@ class TokenSetEvaluator:
         lookup: Callable[[s.SetRef], TokenSet],
     ) -> None:
         self.vocab, self.resolvers, self.source, self._lookup = vocab, resolvers, source, lookup
+        self._matches: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # pattern -> (scanned, matched) per id
+        self._scan_left = SPEC_SCAN_SECONDS
+        self._operations = 0
 
     @cached_property
     def _strings(self) -> list[str]:
@@ -77,6 +86,11 @@ class TokenSetEvaluator:
             node = node.left if isinstance(node, s.SetOp) else node.expr
         result = self._nonempty(*self._leaf(node), node)
         for link in reversed(spine):
+            self._operations += 1
+            if self._operations > MAX_SET_OPERATIONS:
+                raise self.source.error(link, f"more than {MAX_SET_OPERATIONS} set operations in one spec",
+                                        "name a set once (tokens NAME = ...) and refer to it, or move a long list "
+                                        "into a token-set plugin (a resolver)")
             step = self._where(result, link) if isinstance(link, s.Where) else self._algebra(result, link)
             result = self._nonempty(*step, link)
         return result
@@ -167,17 +181,39 @@ class TokenSetEvaluator:
     def _matching(
         self, pattern: re.Pattern[str], ids: torch.Tensor, node: s.RegexSet | s.MatchesFilter
     ) -> torch.Tensor:
-        """A mask over ``ids`` of the tokens containing a match, scanned under a time limit."""
-        try:
-            found = search_all(pattern, [self._strings[i] for i in ids.tolist()])
-        except TimeoutError:
-            raise self.source.error(
-                node,
-                f"the regular expression /{shorten(pattern.pattern)}/ took more than {SCAN_SECONDS:g} s "
-                "to match the vocabulary",
-                "it backtracks catastrophically: avoid nested or overlapping repetition such as (a+)+ or (a|aa)+",
-            ) from None
-        return torch.tensor(found, dtype=torch.bool)
+        """A mask over ``ids`` of the tokens containing a match: each token is scanned at most once per pattern,
+        under a time limit per pattern and one for the whole spec."""
+        size = self.vocab.size
+        scanned, matched = self._matches.setdefault(
+            pattern.pattern, (torch.zeros(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)))
+        todo = ids[~scanned[ids]]
+        if len(todo):
+            limit = min(SCAN_SECONDS, self._scan_left)
+            start = time.process_time()
+            try:
+                if limit <= 0:
+                    raise TimeoutError
+                found = search_all(pattern, [self._strings[i] for i in todo.tolist()], limit)
+            except TimeoutError:
+                raise self._too_slow(pattern, node, limit < SCAN_SECONDS) from None
+            finally:
+                self._scan_left -= time.process_time() - start
+            matched[todo] = torch.tensor(found, dtype=torch.bool)
+            scanned[todo] = True
+        return matched[ids]
+
+    def _too_slow(self, pattern: re.Pattern[str], node: s.Node, spec_limit: bool) -> DslError:
+        if spec_limit:
+            return self.source.error(
+                node, f"the spec's regular expressions took more than {SPEC_SCAN_SECONDS:g} s in all to match the "
+                f"vocabulary (stopped at /{shorten(pattern.pattern)}/)",
+                "define each token set once (tokens NAME = /.../) and refer to it by name")
+        return self.source.error(
+            node,
+            f"the regular expression /{shorten(pattern.pattern)}/ took more than {SCAN_SECONDS:g} s "
+            "to match the vocabulary",
+            "it backtracks catastrophically: avoid nested or overlapping repetition such as (a+)+ or (a|aa)+",
+        )
 
     def _regex(self, pattern: str, node: s.RegexSet | s.MatchesFilter) -> re.Pattern[str]:
         try:
