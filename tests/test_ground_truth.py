@@ -221,11 +221,8 @@ def test_files_carry_a_checksum_and_older_files_without_one_still_load(written: 
     (tmp_path / "old.json").write_text(json.dumps(written))
     old = GroundTruth.load(tmp_path / "old.json")
     assert old.to_json()["checksum"] == checksum(written)  # rewriting upgrades it
-    shipped = shipped_root() / "lowprob-1l" / "hex.json"
-    before = shipped.read_text()
-    assert "checksum" not in json.loads(before)  # the shipped files predate checksums and load as they are
-    assert json.dumps({k: v for k, v in load_shipped("lowprob-1l", "hex").to_json().items() if k != "checksum"},
-                      separators=(",", ":")) + "\n" == before
+    shipped = shipped_root() / "lowprob-1l" / "hex.json"  # re-saved with its checksum: rewriting changes nothing
+    assert json.dumps(load_shipped("lowprob-1l", "hex").to_json(), separators=(",", ":")) + "\n" == shipped.read_text()
 
 
 def test_a_read_only_ground_truth_is_not_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -379,6 +376,8 @@ def test_unknown_shipped_pair_lists_the_available_ones(tmp_path: Path) -> None:
 def test_shipped_ground_truth_is_consistent(model: str, distribution: str) -> None:
     gt = load_shipped(model, distribution)
     assert (gt.model, gt.distribution) == (model, distribution)
+    stored = json.loads((shipped_root() / model / f"{distribution}.json").read_text(encoding="utf-8"))
+    assert stored["checksum"] == checksum(stored), "a shipped file carries its checksum (load verified it)"
     assert gt.samples >= 2**15 and gt.d_vocab == 8192  # the smallest shipped count (docs/ground-truth.md)
     registry = load_registry()
     compiled = compile_source(registry, resolve_spec(distribution, registry), model=model)
