@@ -8,27 +8,20 @@ import pytest
 
 matplotlib.use("Agg")
 
+from made_estimates import made_estimate
 from matplotlib.figure import Figure  # noqa: E402
 
 from lowprob.core import Budget  # noqa: E402
-from lowprob.core.estimate import ConfidenceInterval, Estimate, TracePoint  # noqa: E402
+from lowprob.core.estimate import ConfidenceInterval, TracePoint  # noqa: E402
 from lowprob.figures import ScatterPanel, loss_bars, loss_plot, save_figure, scatter_grid, scatter_plot  # noqa: E402
 from lowprob.results import ProtocolTags, ResultRow, RowSpec  # noqa: E402
-
-
-def _estimate(value: float, trace: list[TracePoint] | None = None, ci: ConfidenceInterval | None = None) -> Estimate:
-    return Estimate(value=value, log10_value=Estimate.log10(value), std_error=None, ci=ci, hits=1, samples=2,
-                    forward_passes=2, backward_passes=0, model_calls=300, seconds=0.0, model_seconds=0.0,
-                    stop_reason="model_calls", unbiased=True, trace=trace or [],
-                    provenance={"estimator": "naive", "seed": 0, "model": "m", "distribution_hash": "h",
-                                "target": "argmax == 'a'"})
 
 
 def _row(distribution: str, label: str, token: int, p_true: float, value: float, phase: str = "test") -> ResultRow:
     spec = RowSpec(model="m", distribution=distribution, distribution_hash="h", target=f"argmax == #{token}",
                    estimator=label, label=label, budget=Budget(model_calls=10), seed=token,
                    protocol=ProtocolTags(phase=phase, token=token, p_true=p_true))  # type: ignore[arg-type]
-    return ResultRow.of(spec, estimate=_estimate(value))
+    return ResultRow.of(spec, estimate=made_estimate(value, model_calls=300))
 
 
 def _texts(figure: Figure) -> list[str]:
@@ -77,10 +70,10 @@ def test_notebook_plots_from_typed_rows() -> None:
 def test_plot_trace_shows_the_running_estimate_and_the_interval() -> None:
     trace = [TracePoint(model_calls=100 * k, value=1e-3 * k, std_error=1e-4) for k in (1, 2, 3)]
     ci = ConfidenceInterval(low=2e-3, high=4e-3, level=0.95, method="wald")
-    figure = _estimate(3e-3, trace, ci).plot_trace()
+    figure = made_estimate(3e-3, trace=trace, ci=ci).plot_trace()
     assert isinstance(figure, Figure)
     (ax,) = figure.axes
     line = ax.get_lines()[0]
     assert list(line.get_xdata()) == [100, 200, 300] and list(line.get_ydata()) == pytest.approx([1e-3, 2e-3, 3e-3])
     assert ax.get_yscale() == "log" and "final 95% interval" in ax.get_legend_handles_labels()[1]
-    assert isinstance(_estimate(0.0).plot_trace(), Figure)  # no trace, no interval: an empty plot, not an error
+    assert isinstance(made_estimate(0.0).plot_trace(), Figure)  # no trace, no interval: an empty plot, not an error

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from made_estimates import made_estimate
 
 from lowprob import cli
 from lowprob.core import Budget, LowprobError
-from lowprob.core.estimate import Estimate
 from lowprob.engine import Engine, Job
 from lowprob.results import ProtocolTags, ResultRow, ResultsFile, RowSpec, check_writable, read_results
 
@@ -21,15 +21,8 @@ def _spec(name: str, seed: int = 0) -> RowSpec:
                    label="naive", budget=Budget(model_calls=10), seed=seed)
 
 
-def _estimate(value: float = 0.5) -> Estimate:
-    return Estimate(value=value, log10_value=None, std_error=None, ci=None, hits=1, samples=2, forward_passes=2,
-                    backward_passes=0, model_calls=2, seconds=0.0, model_seconds=0.0, stop_reason="model_calls",
-                    unbiased=True, provenance={"estimator": "naive", "seed": 0, "model": "tiny",
-                                               "distribution_hash": "h", "target": "t"})
-
-
 def _row(name: str, value: float = 0.5) -> ResultRow:
-    return ResultRow.of(_spec(name), estimate=_estimate(value))
+    return ResultRow.of(_spec(name), estimate=made_estimate(value))
 
 
 def _line(row: ResultRow) -> bytes:
@@ -96,7 +89,7 @@ def test_a_row_holds_an_estimate_or_an_error() -> None:
     with pytest.raises(ValueError, match="an estimate or an error"):
         ResultRow.of(_spec("a"))
     with pytest.raises(ValueError, match="not both"):
-        ResultRow.of(_spec("a"), estimate=_estimate(), error="boom")
+        ResultRow.of(_spec("a"), estimate=made_estimate(), error="boom")
     marker = RowSpec(model="m", distribution="d", distribution_hash="h", target=None, estimator="itgis",
                      label="itgis", budget=Budget(model_calls=10), seed=None,
                      protocol=ProtocolTags(phase="unsupported"))
@@ -197,7 +190,7 @@ def test_engine_skips_done_jobs_and_group_markers(tmp_path: Path) -> None:
         computed.append(job.spec.distribution)
         if job.group is not None:
             return ResultRow.of(marker, error="cannot run here")
-        return ResultRow.of(job.spec, estimate=_estimate())
+        return ResultRow.of(job.spec, estimate=made_estimate())
 
     written = [row.key for _, row in engine.run(jobs, compute)]
     assert computed == ["a", "b"] and written == [jobs[0].key, marker.digest()]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from made_estimates import made_estimate
 
 from lowprob import experiments, read_results
 from lowprob.core import Budget, LowprobError
@@ -64,11 +65,7 @@ def _row(name: str, value: float = 0.5) -> ResultRow:
     """A hand-made row whose estimate is ``value`` (each name a distinct key)."""
     spec = RowSpec(model="tiny", distribution=name, distribution_hash="h", target="t", estimator="naive",
                    label="naive", budget=Budget(model_calls=10), seed=0)
-    estimate = Estimate(value=value, log10_value=None, std_error=None, ci=None, hits=1, samples=2, forward_passes=2,
-                        backward_passes=0, model_calls=2, seconds=0.0, model_seconds=0.0, stop_reason="model_calls",
-                        unbiased=True, provenance={"estimator": "naive", "seed": 0, "model": "tiny",
-                                                   "distribution_hash": "h", "target": "t"})
-    return ResultRow.of(spec, estimate=estimate)
+    return ResultRow.of(spec, estimate=made_estimate(value))
 
 
 def test_results_file_appends_complete_lines_and_trims_a_partial_tail(tmp_path: Path) -> None:
