@@ -117,6 +117,14 @@ def test_run_estimator_refuses_a_seed_that_would_overflow() -> None:
         run_estimator(load_registry().create_estimator("naive"), toy.problem(), Budget(model_calls=100), 2**64)
 
 
+def _experiment(tmp_path: Path, budgets: str, top: str = "") -> Path:
+    """An experiment file: naive on hex with ``budgets`` (the body of its first ``[[budgets]]``)."""
+    path = tmp_path / "e.toml"
+    path.write_text(f'name = "s"\noutput = "r.jsonl"\n{top}[[distributions]]\nspec = "hex"\n[[estimators]]\n'
+                    f'name = "naive"\n[[budgets]]\n{budgets}\n')
+    return path
+
+
 @pytest.mark.parametrize(("seeds", "message"), [
     ("[9223372036854775808]", "seeds.0: Input should be less than or equal to 9223372036854775807"),
     ("[-1]", "seeds.0: Input should be greater than or equal to 0"),
@@ -124,17 +132,13 @@ def test_run_estimator_refuses_a_seed_that_would_overflow() -> None:
     ("[true]", "seeds.0: Input should be a valid integer"),
 ])
 def test_experiment_seeds_are_validated_with_the_key(tmp_path: Path, seeds: str, message: str) -> None:
-    path = tmp_path / "e.toml"
-    path.write_text(f'name = "s"\noutput = "r.jsonl"\nseeds = {seeds}\n[[distributions]]\nspec = "hex"\n'
-                    '[[estimators]]\nname = "naive"\n[[budgets]]\nmodel_calls = 100\n')
+    path = _experiment(tmp_path, "model_calls = 100", top=f"seeds = {seeds}\n")
     code, output = invoke("run", str(path), "--dry-run")
     assert code == 1 and message in output
 
 
 def test_union_errors_name_the_forms_not_pydantic_internals(tmp_path: Path) -> None:
-    path = tmp_path / "e.toml"
-    path.write_text('name = "s"\noutput = "r.jsonl"\n[[distributions]]\nspec = "hex"\n[[estimators]]\n'
-                    'name = "naive"\n[[budgets]]\nmodel_call = 5\n[[budgets]]\npreset = "papr"\n')
+    path = _experiment(tmp_path, 'model_call = 5\n[[budgets]]\npreset = "papr"')
     code, output = invoke("run", str(path), "--dry-run")
     assert code == 1
     assert "function-after" not in output and "[_validate()" not in output
@@ -150,9 +154,7 @@ def test_union_errors_name_the_forms_not_pydantic_internals(tmp_path: Path) -> N
     ('seconds = "5"', "seconds: Input should be a valid number"),
 ])
 def test_budget_values_of_the_wrong_type_are_refused(tmp_path: Path, budget: str, message: str) -> None:
-    path = tmp_path / "e.toml"
-    path.write_text(f'name = "s"\noutput = "r.jsonl"\n[[distributions]]\nspec = "hex"\n[[estimators]]\n'
-                    f'name = "naive"\n[[budgets]]\n{budget}\n')
+    path = _experiment(tmp_path, budget)
     code, output = invoke("run", str(path), "--dry-run")
     assert code == 1 and message in output
 
