@@ -7,7 +7,8 @@ Three families, each a registered model ``planted-<family>`` over a 30-token voc
 
 * ``threshold``: HIT wins iff at least 12 positions hold one of ``a b c d`` (HIT's logit grows with every one);
 * ``two-modes``: HIT wins iff at least 8 positions hold ``a``/``b`` or at least 14 hold one of ``c`` … ``h``,
-  the two modes weighted to equal mass;
+  the two modes weighted to equal mass; HIT's logit grows with progress toward either mode (the larger of
+  ``c1 / 8`` and ``c2 / 14``), so each mode can be found by following the score;
 * ``needle``: HIT wins iff ``n e e d l e`` sit at positions 4, 9, 14, 19, 24, 29 (positional attention; two
   layers). The needle neuron is far below its kink on typical inputs (no gradient), and HIT's logit grows a
   little with every decoy ``x y z``, so token gradients point to the decoys, never to the needle.
@@ -112,11 +113,13 @@ def threshold_family() -> Family:
 
 
 def two_modes_family() -> Family:
-    """HIT wins iff (at least K1 of S1) or (at least K2 of S2): one neuron per mode, MISS a constant 1/4."""
+    """HIT wins iff (at least K1 of S1) or (at least K2 of S2): HIT scores the progress toward the nearer mode,
+    ``max(K2 c1, K1 c2)`` (as ``K1 c2 + 1/2 + relu(K2 c1 - K1 c2 + 1/2)``), MISS the constant ``K1 K2 - 7/2``, so
+    HIT's logit grows toward each mode from the start and wins iff either count reaches its threshold."""
     (k1, s1), (k2, s2) = (8, "ab"), (14, "cdefgh")
     classes = (_uniform("S1", s1), _uniform("S2", s2))
-    neurons = (Neuron((1, 0), 0.5 - k1, {HIT: 1.0}), Neuron((0, 1), 0.5 - k2, {HIT: 1.0}),
-               Neuron((0, 0), 0.5, {MISS: 0.5}))
+    neurons = (Neuron((0, k1), 0.5, {HIT: 1.0}), Neuron((k2, -k1), 0.5, {HIT: 1.0}),
+               Neuron((0, 0), 0.5, {MISS: 2.0 * k1 * k2 - 7.0}))
     rule = CountRule(classes, (k1, k2), lambda c: c[0] >= k1 or c[1] >= k2,
                      f"at least {k1} of {s1} or at least {k2} of {s2}")
     rest = "".join(ch for ch in LETTERS if ch not in s1 + s2)

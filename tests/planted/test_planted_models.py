@@ -182,3 +182,13 @@ def test_threshold_gradient_points_to_the_set(models: dict[str, ModelAdapter]) -
     s = sorted(cls.tokens)
     others = [t for t in range(4, planted_vocabulary().size) if t not in cls.tokens]
     assert bool((scores[1:, s].min(dim=1).values > scores[1:, others].max(dim=1).values).all())
+
+
+def test_two_modes_gradient_points_to_both_modes(models: dict[str, ModelAdapter]) -> None:
+    """At typical inputs the target's token gradient prefers every token of S1 and of S2 to every other letter, at
+    every position after BOS: HIT's logit grows with progress toward either mode, so each mode can be followed."""
+    family = FAMILIES["two-modes"]
+    scores = _mean_scores(models["two-modes"], family, 9)
+    modes = sorted(set().union(*(cls.tokens for cls in family.rule.classes)))
+    others = [t for t in range(4, planted_vocabulary().size) if t not in modes]
+    assert bool((scores[1:, modes].min(dim=1).values > scores[1:, others].max(dim=1).values).all())
