@@ -15,6 +15,7 @@ import click
 import torch
 
 from lowprob import __version__
+from lowprob import compare as comparing
 from lowprob.api import (
     SpecSource,
     compile_problem,
@@ -36,7 +37,7 @@ from lowprob.experiments import open_results, plan, run
 from lowprob.ground_truth import MAX_RESERVOIR, MAX_SHARD_SIZE, MAX_SHARDS
 from lowprob.plugins import Registry, load_registry, plugin_infos
 from lowprob.report import format_table, markdown_table, summary_table
-from lowprob.results import ResultRow, RowSpec
+from lowprob.results import ResultRow
 
 EXIT_USER_ERROR = 1
 """Exit status of bad input (a :class:`LowprobError`); click's own usage errors exit with 2."""
@@ -226,10 +227,7 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
     result = run_problem(registry, problem, chosen, None, budget, seed, level=level, progress=progress)
     written = None
     if results is not None:
-        row = ResultRow.of(RowSpec(model=problem.model.name, distribution=problem.distribution.name or "",
-                                   distribution_hash=problem.distribution.content_hash,
-                                   target=problem.target.describe(), estimator=estimator, label=estimator,
-                                   options=_parse_options(options), budget=budget, seed=seed), estimate=result)
+        row = comparing.result_row(problem, estimator, _parse_options(options), budget, seed, result)
         written = row.key not in results.rows
         results.write(row)
     if as_json:
@@ -239,6 +237,64 @@ def estimate(spec: str, model: str | None, distribution: str | None, target: str
     click.echo(f"stopped by   {result.stop_reason}")
     if written is not None:
         click.echo(f"written to   {output}" if written else f"kept         the identical row already in {output}")
+
+
+@main.command(name="compare")
+@click.argument("spec")
+@click.option("--model", default=None, help="Model name (default: the registry's default model).")
+@click.option("--distribution", default=None, help="Which `dist` of the spec (default: main or the only one).")
+@click.option("--target", default=None,
+              help="A target name from the spec, or an expression like 'argmax == \" the\"'.")
+@click.option("--estimator", "estimators", multiple=True, required=True,
+              help="Registered estimator name, default options (repeatable; each runs once).")
+@_with_budget
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--level", type=Number(0, 1, open_min=True, open_max=True), default=0.95, show_default=True,
+              help="Confidence level.")
+@click.option("--output", type=FilePath(path_type=Path), default=None, help="Append the results to this JSONL file.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
+def compare_command(spec: str, model: str | None, distribution: str | None, target: str | None,
+                    estimators: tuple[str, ...], budget_calls: int | None, budget_seconds: float | None,
+                    budget_rel_error: float | None, backward_weight: float, paper_budget: bool, seed: int,
+                    level: float, output: Path | None, progress: bool | None) -> None:
+    """Several estimators on one problem at the same budget and seed, side by side; on a problem with a known
+    answer (a planted model) the exact value is printed and each estimate scored against it.
+
+    \b
+    Example (what `make run` runs):
+      lowprob compare planted-threshold-e9 --model planted-threshold --target hit \\
+          --estimator naive --estimator ams --paper-budget
+    """
+    registry = _registry()
+    comparing.check_estimators(registry, list(estimators))  # before the model loads
+    results = Engine(output) if output is not None else None
+    given = budget_calls is not None or budget_seconds is not None or budget_rel_error is not None
+    if paper_budget and given:
+        raise LowprobError("--paper-budget replaces the other budget options; give one or the other")
+    common = Budget(model_calls=100_000 if not given else budget_calls, seconds=budget_seconds,
+                    target_rel_error=budget_rel_error, backward_weight=backward_weight)
+    budgets = {name: registry.estimator(name).paper_budget() if paper_budget else common for name in estimators}
+    for name in estimators:
+        check_budget(registry.create_estimator(name, None), budgets[name])
+    problem = compile_problem(registry, resolve_spec(spec, registry), model=model, distribution=distribution,
+                              target=target)
+    answer = comparing.known_answer(registry, problem.model.name, spec, target)
+    _show_problem(problem, 0, seed)
+    if answer is not None:
+        click.echo(f"exact        p = {answer.exact_p:.6e} (log10 {answer.exact.log10:.4f}; {answer.family} "
+                   f"planted model, computed without running it)")
+    shown = {b.describe() for b in budgets.values()}
+    click.echo(f"budget       {' / '.join(sorted(shown))}, seed {seed}")
+    runs = comparing.compare(registry, problem, list(estimators), budgets, seed, level=level, progress=progress)
+    if results is not None:
+        for run in runs:
+            results.write(comparing.result_row(problem, run.estimator, {}, run.budget, seed, run.estimate))
+    click.echo(comparing.comparison_table(runs, answer, level))
+    for run in runs:
+        for warning in run.estimate.warnings:
+            click.echo(f"warning      {run.estimator}: {warning}")
+    if results is not None:
+        click.echo(f"written to   {output}")
 
 
 @main.command(name="run")
@@ -290,8 +346,10 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None, executor
 @click.option("--only-distribution", default=None, help="Run only this distribution of the config.")
 @click.option("--dry-run", is_flag=True, help="Validate and show the plan (bands, budgets, pending rows); run nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar over model calls.")
+@add_executor_options
 def reproduce_command(quick: bool, config_path: Path | None, output: Path | None, only_model: str | None,
-                      only_distribution: str | None, dry_run: bool, progress: bool | None) -> None:
+                      only_distribution: str | None, dry_run: bool, progress: bool | None,
+                      executor: dict[str, Any]) -> None:
     """Run the paper's evaluation protocol: tuned temperatures, every method on seeded targets, loss tables.
 
     \b
@@ -307,6 +365,7 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
         raise LowprobError("--quick picks the shipped quick config; give it or --config, not both")
     registry = _registry()
     repro = rp.plan(config_path or rp.shipped_config(quick), registry, output, only_model, only_distribution)
+    runner = repro.config.merged(**executor).create()
     pairs = repro.selected
     results = repro.open()
     click.echo(rp.describe_plan(repro, pairs, results))
@@ -330,7 +389,7 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
             bar.write(f"    {row.label}: {row.error.splitlines()[0]}")
 
     try:
-        for job, row in rp.run(repro, registry, pairs, results):
+        for job, row in rp.run(repro, registry, pairs, results, runner):
             report(job, row)
     finally:
         bar.close()

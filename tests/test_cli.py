@@ -19,7 +19,7 @@ def cli() -> CliRunner:
     return CliRunner()
 
 
-@pytest.mark.parametrize("command", ["estimate", "run", "sample", "check", "plugins", "estimators",
+@pytest.mark.parametrize("command", ["estimate", "compare", "run", "sample", "check", "plugins", "estimators",
                                      "models", "distributions"])
 def test_every_command_has_help_with_an_example(cli: CliRunner, command: str) -> None:
     result = cli.invoke(main, [command, "--help"])
