@@ -103,9 +103,11 @@ class ExecutorSettings(StrictModel):
     retries: int = Field(default=3, ge=0, le=100, description="reruns of a task whose worker died")
 
     def merged(self, **overrides: Any) -> ExecutorSettings:
-        """These settings with every override that is not ``None`` (command-line options over file keys)."""
+        """These settings (only the executor keys, also of a config file that extends them) with every override
+        that is not ``None`` (command-line options over file keys)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return ExecutorSettings.model_validate({**self.model_dump(), **given}) if given else self
+        return ExecutorSettings.model_validate({**self.model_dump(include=set(ExecutorSettings.model_fields)),
+                                                **given})
 
     def create(self) -> Executor:
         """The executor these settings describe; refuses an address without Ray and Ray where it is missing."""

@@ -4,16 +4,21 @@ For every (model, distribution): read the ground truth, pick seeded test and tun
 bands, scale each method's paper budget to the band, tune each temperature option on the tuning tokens, run
 every method on every test token, and score the estimates. This module plans the rows (a :class:`Job` each)
 and computes one when its turn comes; :mod:`lowprob.engine` skips what is done and writes each row, so a killed
-run loses at most the row in progress. :mod:`lowprob.scoring` scores the rows and :mod:`lowprob.report` writes
+run loses at most the rows in progress. :mod:`lowprob.scoring` scores the rows and :mod:`lowprob.report` writes
 the loss tables and figures from them at the end of every run.
+
+On an executor (:mod:`lowprob.executors`) the rows are :class:`RowTask` s grouped by model and run in two
+phases: first every row that needs no tuned temperature (the tuning rows, and the test rows of methods that are
+not tuned), then, with each temperature chosen from those rows, the test rows of the tuned methods. Each row
+is computed exactly as in a serial run, so the rows are the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,9 @@ from lowprob.core.model import ModelAdapter
 from lowprob.core.random import Seed
 from lowprob.core.target import ArgmaxIs
 from lowprob.engine import Engine, Job
+from lowprob.executors import Executor, ExecutorSettings, worker_state
 from lowprob.ground_truth import GroundTruth, load_shipped
-from lowprob.plugins import Registry
+from lowprob.plugins import Registry, load_registry
 from lowprob.protocol import (
     Band,
     Selection,
@@ -108,8 +114,9 @@ class MethodEntry(StrictModel):
         return self.label or self.name
 
 
-class ReproduceConfig(StrictModel):
-    """The schema of a reproduce TOML file."""
+class ReproduceConfig(ExecutorSettings):
+    """The schema of a reproduce TOML file; the executor keys (``executor``, ``workers``, ``address``, ...) are
+    those of :class:`~lowprob.executors.ExecutorSettings` (the command line overrides them)."""
 
     name: str
     output: str = Field(description="output folder, relative to the working directory")
@@ -195,6 +202,20 @@ class Reproduction:
 
     def all_jobs(self, pairs: list[PairPlan]) -> list[Job]:
         return [job for pair in pairs for job in self.jobs(pair)]
+
+    def waits_for_tuning(self, job: Job) -> bool:
+        """Whether the job is a test row whose temperature is chosen from tuning rows (a tuned method, a grid of
+        more than one value)."""
+        assert job.spec.protocol is not None
+        pair = self.pair(job.spec.model, job.spec.distribution)
+        return (job.spec.protocol.phase == "test" and pair.method(job.spec.label).tuned
+                and len(self.temperatures) > 1)
+
+    def task(self, job: Job, temperature: float | None) -> RowTask:
+        """The job as a task, with the temperature it runs at (``None`` for a method that is not tuned)."""
+        pair = self.pair(job.spec.model, job.spec.distribution)
+        return RowTask(job, pair.source, pair.method(job.spec.label), self.marker(pair, pair.method(job.spec.label)),
+                       self.temperatures[0], temperature, self.config.level)
 
     def marker(self, pair: PairPlan, method: MethodPlan) -> RowSpec:
         """The ``unsupported`` row that stands for every row of a method the estimator cannot run on the pair."""
@@ -354,67 +375,120 @@ def _problem(model: ModelAdapter, distribution: InputDistribution, token: int) -
     return Problem(MeteredModel(model), distribution, ArgmaxIs(token, model.vocab.token_string(token)))
 
 
-class _Runner:
-    """Computes rows of a reproduction: loads each pair's model once, checks once per method that it can run on
-    the pair (else writes the method's ``unsupported`` marker), and chooses a tuned method's temperature from
-    its tuning rows already in the engine (in memory) before its first test row."""
+@dataclass(frozen=True)
+class RowTask:
+    """One reproduce row as a task for a worker: the job, the spec text, the method's plan and its marker, the
+    temperature it runs at; never weights or ground truth (only the distribution hash travels, in the job)."""
 
-    def __init__(self, repro: Reproduction, registry: Registry, engine: Engine) -> None:
-        self.repro, self.registry, self.engine = repro, registry, engine
-        self.compiled: dict[tuple[str, str], tuple[ModelAdapter, InputDistribution]] = {}
-        self.supported: set[tuple[str, str, str]] = set()
-        self.temperatures: dict[tuple[str, str, str], float] = {}
+    job: Job
+    source: SpecSource
+    method: MethodPlan
+    marker: RowSpec
+    check_temperature: float
+    """The grid's first temperature, at which the method is checked against the problem once."""
+    temperature: float | None
+    level: float
 
-    def _load(self, pair: PairPlan) -> tuple[ModelAdapter, InputDistribution]:
-        if (pair.model, pair.distribution) not in self.compiled:
-            compiled = compile_source(self.registry, pair.source, model=pair.model)
-            dist = compiled.spec.distribution(None)
-            if dist.content_hash != pair.ground_truth.distribution_hash:
-                raise LowprobError(f"the ground truth of {pair.model}/{pair.distribution} was counted on a "
-                                   f"different distribution (hash {pair.ground_truth.distribution_hash}, the spec "
-                                   f"now gives {dist.content_hash}); recount it")
-            self.compiled[(pair.model, pair.distribution)] = compiled.model, dist
-        return self.compiled[(pair.model, pair.distribution)]
+    @property
+    def group(self) -> Hashable:
+        return "reproduce-model", self.job.spec.model
 
-    def _temperature(self, pair: PairPlan, method: MethodPlan) -> float:
-        where = (pair.model, pair.distribution, method.label)
-        if where not in self.temperatures:
-            self.temperatures[where] = chosen_temperature(self.repro, pair, method, self.engine.rows)
-        return self.temperatures[where]
+    @property
+    def description(self) -> str:
+        spec = self.job.spec
+        return f"{spec.model} / {spec.distribution} / {spec.target} / {spec.label}"
 
-    def __call__(self, job: Job) -> ResultRow:
-        spec, tags = job.spec, job.spec.protocol
+    def run(self) -> ResultRow:
+        return self.compute(worker_state(self.group, lambda: _Rows(load_registry())))
+
+    def compute(self, rows: _Rows) -> ResultRow:
+        """The row on ``rows``' registry: the method's ``unsupported`` marker if it cannot run on the pair, else
+        its estimate (or the estimator's error) at ``temperature``."""
+        spec, tags, method = self.job.spec, self.job.spec.protocol, self.method
         assert tags is not None and tags.token is not None
-        pair = self.repro.pair(spec.model, spec.distribution)
-        method = pair.method(spec.label)
-        model, dist = self._load(pair)
+        model, dist = rows.load(spec.model, self.source, spec.distribution_hash)
         problem = _problem(model, dist, tags.token)
-        if (pair.model, pair.distribution, method.label) not in self.supported:
-            first = method.options | ({TUNED_OPTION: self.repro.temperatures[0]} if method.tuned else {})
+        if self.marker.digest() not in rows.supported:
+            first = method.options | ({TUNED_OPTION: self.check_temperature} if method.tuned else {})
             try:
-                self.registry.create_estimator(method.estimator, first).check_problem(problem)
+                rows.registry.create_estimator(method.estimator, first).check_problem(problem)
             except LowprobError as exc:
-                return ResultRow.of(self.repro.marker(pair, method), error=str(exc))
-            self.supported.add((pair.model, pair.distribution, method.label))
-        options = dict(method.options)
-        if method.tuned:
-            options[TUNED_OPTION] = tags.temperature if tags.phase == "tune" else self._temperature(pair, method)
+                return ResultRow.of(self.marker, error=str(exc))
+            rows.supported.add(self.marker.digest())
+        options = method.options | ({TUNED_OPTION: self.temperature} if method.tuned else {})
         as_run = spec.model_copy(update={"options": options, "protocol": tags.model_copy(update={
             "temperature": options.get(TUNED_OPTION), "token_text": model.vocab.token_string(tags.token)})})
         try:
-            estimate = run_problem(self.registry, problem, method.estimator, options, method.budget,
-                                   spec.seed or 0, level=self.repro.config.level, progress=False)
+            estimate = run_problem(rows.registry, problem, method.estimator, options, method.budget,
+                                   spec.seed or 0, level=self.level, progress=False)
         except LowprobError as exc:
-            return ResultRow.of(as_run, key=job.key, error=str(exc))
-        return ResultRow.of(as_run, key=job.key, estimate=estimate.model_copy(update={"trace": []}))
+            return ResultRow.of(as_run, key=self.job.key, error=str(exc))
+        return ResultRow.of(as_run, key=self.job.key, estimate=estimate.model_copy(update={"trace": []}))
 
 
-def run(repro: Reproduction, registry: Registry, pairs: list[PairPlan],
-        engine: Engine | None = None) -> Iterator[tuple[Job, ResultRow]]:
+@dataclass
+class _Rows:
+    """What computing rows needs on one registry (the driver's, or a worker's): each (model, spec) compiled
+    once, and the markers of the methods already checked to run on their pair."""
+
+    registry: Registry
+    compiled: dict[tuple[str, str], tuple[ModelAdapter, InputDistribution]] = field(default_factory=dict)
+    supported: set[str] = field(default_factory=set)
+
+    def load(self, model: str, source: SpecSource, distribution_hash: str) -> tuple[ModelAdapter, InputDistribution]:
+        """The model and the spec's distribution, checked to be the one the ground truth was counted on."""
+        if (model, source.text) not in self.compiled:
+            compiled = compile_source(self.registry, source, model=model)
+            dist = compiled.spec.distribution(None)
+            if dist.content_hash != distribution_hash:
+                raise LowprobError(f"the ground truth of {model}/{source.name} was counted on a different "
+                                   f"distribution (hash {distribution_hash}, the spec now gives "
+                                   f"{dist.content_hash}); recount it")
+            self.compiled[(model, source.text)] = compiled.model, dist
+        return self.compiled[(model, source.text)]
+
+
+class _Temperatures:
+    """Each job's temperature: a tuning row's own, a tuned method's chosen from its tuning rows in the engine
+    (once, when its first test row needs it), ``None`` for a method that is not tuned."""
+
+    def __init__(self, repro: Reproduction, engine: Engine) -> None:
+        self.repro, self.engine = repro, engine
+        self.chosen: dict[tuple[str, str, str], float] = {}
+
+    def __call__(self, job: Job) -> float | None:
+        spec, tags = job.spec, job.spec.protocol
+        assert tags is not None
+        pair = self.repro.pair(spec.model, spec.distribution)
+        method = pair.method(spec.label)
+        if not method.tuned:
+            return None
+        if tags.phase == "tune":
+            return tags.temperature
+        where = (pair.model, pair.distribution, method.label)
+        if where not in self.chosen:
+            self.chosen[where] = chosen_temperature(self.repro, pair, method, self.engine.rows)
+        return self.chosen[where]
+
+
+def run(repro: Reproduction, registry: Registry, pairs: list[PairPlan], engine: Engine | None = None,
+        executor: Executor | None = None) -> Iterator[tuple[Job, ResultRow]]:
     """Run every pending row of ``pairs``, tuning before testing; yields each job with the row written. A method
-    that cannot handle a pair's distribution gets one ``unsupported`` row instead of its rows."""
+    that cannot handle a pair's distribution gets one ``unsupported`` row instead of its rows.
+
+    Serially (the default) the rows run here, pair after pair, on ``registry``; on another ``executor`` they
+    run as tasks in two phases (see the module's description).
+    """
     engine = engine or repro.open()
-    return engine.run(repro.all_jobs(pairs), _Runner(repro, registry, engine))
+    temperature = _Temperatures(repro, engine)
+    jobs = repro.all_jobs(pairs)
+    if executor is None or executor.in_process:
+        rows = _Rows(registry)
+        yield from engine.run(jobs, lambda job: repro.task(job, temperature(job)).compute(rows))
+        return
+    for phase in (False, True):  # rows that need no tuned temperature, then those that do
+        mine = [job for job in jobs if repro.waits_for_tuning(job) == phase]
+        yield from engine.run_tasks(mine, lambda job: repro.task(job, temperature(job)), executor)
 
 
 def write_report(repro: Reproduction, engine: Engine | None = None) -> list[Path]:
