@@ -8,8 +8,12 @@ forward, reordered, so results agree up to float32 rounding (tests and a load-ti
 Counting argmaxes can also run the unembedding in a cheaper precision with a proof that the argmax is unchanged
 (:mod:`lowprob.core.certified_argmax`).
 
+Incremental decoding (:meth:`FastForward.decode`) runs the same blocks over new positions only, reading the
+keys and values of earlier positions from a :class:`KVCache`: generating L tokens after an n-token prompt
+processes n + L - 1 positions instead of the full recompute's n·L + L(L-1)/2.
+
 ``FastForward.from_model`` returns ``None`` for anything it cannot prove it reproduces (other architectures,
-stand-in models), and the caller keeps the reference path.
+stand-in models), and the caller keeps the reference path; the load-time self-check covers the cached path too.
 """
 
 from __future__ import annotations
@@ -123,14 +127,22 @@ class FastForward:
                    model.b_U.detach(), n_heads, d_head, scale, act)
 
     def self_check(self, model: Any, samples: int = 4, positions: int = 7, seed: int = 0) -> bool:
-        """Whether this path matches the model's own forward on a few seeded random inputs."""
+        """Whether this path matches the model's own forward on a few seeded random inputs: the last-position
+        logits, and every position's logits when decoded incrementally (a prompt, then one token at a time)."""
         gen = torch.Generator().manual_seed(seed)
         n = min(positions, self.W_pos.shape[0])
         tokens = torch.randint(self.W_E.shape[0], (samples, n), generator=gen).to(self.W_E.device)
         with torch.no_grad():
-            reference = model(tokens)[:, -1, :].float()
+            reference = model(tokens).float()
             ours = self.last_logits(tokens)
-        return bool(ours.shape == reference.shape and (ours - reference).abs().max() <= SELF_CHECK_TOLERANCE)
+            cache = self.new_cache(samples, n)
+            prompt = (n + 1) // 2
+            steps = [self.decode(cache, tokens[:, :prompt], every_position=True)]
+            steps += [self.decode(cache, tokens[:, i:i + 1]) for i in range(prompt, n)]
+            decoded = torch.cat(steps, dim=1).float()
+        return bool(ours.shape == reference[:, -1].shape and decoded.shape == reference.shape
+                    and (ours - reference[:, -1]).abs().max() <= SELF_CHECK_TOLERANCE
+                    and (decoded - reference).abs().max() <= SELF_CHECK_TOLERANCE)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.n_heads, self.d_head)
@@ -155,6 +167,47 @@ class FastForward:
         z = torch.einsum("bhn,bnhd->bhd", pattern, v).reshape(x.shape[0], hd)
         r = x_last + z @ block.W_O + block.b_O
         return r + self.act(block.ln2(r) @ block.W_in + block.b_in) @ block.W_out + block.b_out
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty cache for ``batch`` sequences of up to ``capacity`` positions (at most the model's context)."""
+        if capacity > self.W_pos.shape[0]:
+            raise ValueError(f"a cache of {capacity} positions exceeds the context of {self.W_pos.shape[0]}")
+        shape = (batch, self.n_heads, capacity, self.d_head)
+        like = self.W_E
+        return KVCache([like.new_zeros(shape) for _ in self.blocks], [like.new_zeros(shape) for _ in self.blocks], 0)
+
+    def decode(self, cache: KVCache, tokens: torch.Tensor, every_position: bool = False) -> torch.Tensor:
+        """Logits of ``tokens [B, m]`` appended to the ``cache.length`` positions already in ``cache``:
+        ``[B, m, d_vocab]`` with ``every_position``, else ``[B, 1, d_vocab]`` at the last new position only.
+        Writes the new positions' keys and values into ``cache`` and advances its length."""
+        start, m = cache.length, tokens.shape[1]
+        if start + m > cache.keys[0].shape[2]:
+            raise ValueError(f"decoding {m} positions after {start} overflows a cache of {cache.keys[0].shape[2]}")
+        x = self.W_E[tokens] + self.W_pos[start:start + m]
+        for block, keys, values in zip(self.blocks, cache.keys, cache.values, strict=True):
+            x = self._cached_block(block, x, keys, values, start)
+        cache.length = start + m
+        a = self.ln_final(x if every_position else x[:, -1:])
+        return a @ self.W_U + self.b_U
+
+    def _cached_block(self, block: LayerWeights, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                      start: int) -> torch.Tensor:
+        """One block over new positions ``start .. start + m - 1`` (``x [B, m, d]``), attending to the cached
+        keys and values of every earlier position; stores the new positions' keys and values."""
+        batch, m, _ = x.shape
+        qkv = block.ln1(x) @ block.W_QKV + block.b_QKV
+        q, k, v = (self._split_heads(t).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B, H, m, dh]
+        end = start + m
+        keys[:, :, start:end], values[:, :, start:end] = k, v
+        if m == 1 or start == 0:  # one query sees every key; or a causal square block
+            z = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], is_causal=m > 1,
+                                               scale=1.0 / self.attn_scale)
+        else:
+            mask = torch.ones(m, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            z = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
+                                               scale=1.0 / self.attn_scale)
+        x = x + z.transpose(1, 2).reshape(batch, m, -1) @ block.W_O + block.b_O
+        return x + self.act(block.ln2(x) @ block.W_in + block.b_in) @ block.W_out + block.b_out
 
     def first_layer_table(self, support: torch.Tensor) -> FirstLayerTable:
         """Precomputed first-layer attention inputs for every ``(position, token)`` with ``support[i, v]``.
@@ -219,3 +272,17 @@ class FirstLayerTable:
         if bool((idx < 0).any()):
             raise ValueError("a token lies outside the first-layer table's support")
         return self.rows[idx]
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer at the first ``length`` positions of a batch of sequences, each
+    ``[batch, heads, capacity, d_head]``; :meth:`FastForward.decode` fills it in place."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+
+    def select(self, index: torch.Tensor) -> KVCache:
+        """The cache of sequences ``index`` (e.g. resampled particles), as a new cache."""
+        return KVCache([k[index] for k in self.keys], [v[index] for v in self.values], self.length)

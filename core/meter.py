@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
 
+from lowprob.core import generation
+from lowprob.core.generation import Generation, Sampling
 from lowprob.core.model import ModelAdapter
+from lowprob.core.random import Enumerator
 from lowprob.core.target import Target
 from lowprob.core.vocabulary import Vocabulary
 
@@ -18,11 +22,20 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Cost:
-    """Compute spent: sequence passes through the model and seconds inside it."""
+    """Compute spent: sequence passes through the model, seconds inside it, and the token positions run forward.
+
+    A forward pass is one sequence through the model once, whatever its length. ``positions`` counts the token
+    positions those passes processed (an n-token sequence: n), the unit for comparing work across lengths;
+    ``generated_tokens`` counts tokens chosen by generation. Generating L tokens after an n-token prompt is one
+    forward pass over n + L - 1 positions (the key/value cache processes each position once; the full recompute
+    costs more seconds, never more passes), so budgets in model calls work unchanged for generation.
+    """
 
     forward_passes: int = 0
     backward_passes: int = 0
     model_seconds: float = 0.0
+    positions: int = 0
+    generated_tokens: int = 0
 
     def model_calls(self, backward_weight: float) -> float:
         """Forward passes plus ``backward_weight`` times the backward passes."""
@@ -30,14 +43,16 @@ class Cost:
 
     def __sub__(self, other: Cost) -> Cost:
         return Cost(self.forward_passes - other.forward_passes, self.backward_passes - other.backward_passes,
-                    self.model_seconds - other.model_seconds)
+                    self.model_seconds - other.model_seconds, self.positions - other.positions,
+                    self.generated_tokens - other.generated_tokens)
 
 
 class MeteredModel:
     """A :class:`ModelAdapter` that counts every sequence it runs forward and every one it back-propagates.
 
     One sequence through the model is one forward pass, whatever its length; a gradient computation is one
-    forward and one backward pass per sequence.
+    forward and one backward pass per sequence. Generation and continuation log-probabilities count one forward
+    pass per sequence too, over the positions of prompt and continuation but the last (see :class:`Cost`).
     """
 
     def __init__(self, adapter: ModelAdapter) -> None:
@@ -45,10 +60,12 @@ class MeteredModel:
         self._forward = 0
         self._backward = 0
         self._seconds = 0.0
+        self._positions = 0
+        self._generated = 0
 
     @property
     def cost(self) -> Cost:
-        return Cost(self._forward, self._backward, self._seconds)
+        return Cost(self._forward, self._backward, self._seconds, self._positions, self._generated)
 
     @property
     def vocab(self) -> Vocabulary:
@@ -70,16 +87,35 @@ class MeteredModel:
     def W_U(self) -> torch.Tensor:  # noqa: N802
         return self.adapter.W_U
 
-    def _metered(self, backward: bool, fn: Callable[..., T], tokens: torch.Tensor, *args: Any) -> T:
-        """``fn(tokens, *args)``, counting one forward (and, with ``backward``, one backward) pass per sequence."""
+    def _metered(self, backward: bool, fn: Callable[..., T], tokens: torch.Tensor, *args: Any,
+                 extra_positions: int = 0, generated: int = 0) -> T:
+        """``fn(tokens, *args)``, counting one forward (and, with ``backward``, one backward) pass per sequence
+        over its positions plus ``extra_positions``, and ``generated`` generated tokens per sequence."""
         started = time.perf_counter()
         out = fn(tokens, *args)
         n = tokens.shape[0]
         self._forward += n
         if backward:
             self._backward += n
+        self._positions += n * (tokens.shape[1] + extra_positions)
+        self._generated += n * generated
         self._seconds += time.perf_counter() - started
         return out
+
+    def generate(self, tokens: torch.Tensor, steps: int, sampling: Sampling,
+                 generator: torch.Generator | Enumerator) -> Generation:
+        """``steps`` tokens after each prompt (:func:`lowprob.core.generation.generate`); one forward pass per
+        sequence over ``n + steps - 1`` positions, ``steps`` generated tokens."""
+        return self._metered(False, partial(generation.generate, self.adapter), tokens, steps, sampling, generator,
+                             extra_positions=steps - 1, generated=steps)
+
+    def continuation_logprobs(self, tokens: torch.Tensor, continuation: torch.Tensor,
+                              sampling: Sampling) -> torch.Tensor:
+        """``log p(y_i | x, y_<i)`` ``[B, L]`` (:func:`lowprob.core.generation.continuation_logprobs`); one
+        forward pass per sequence over ``n + L - 1`` positions."""
+        length = continuation.shape[-1] if isinstance(continuation, torch.Tensor) else 1
+        return self._metered(False, partial(generation.continuation_logprobs, self.adapter), tokens, continuation,
+                             sampling, extra_positions=length - 1)
 
     def last_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._metered(False, self.adapter.last_logits, tokens)
