@@ -726,10 +726,19 @@ def bench() -> None:
 
 
 @bench.command(name="known-answer")
-@click.option("--quick", is_flag=True, help="A small subset: depths 1e-5 and 1e-9, 4 replicates, 4096 calls.")
+@click.option("--quick", is_flag=True, help="A small subset: depths 1e-5 and 1e-9, 4 replicates, 4096 calls, "
+              "temperatures 0.5, 1, 2.")
 @click.option("--replicates", type=click.IntRange(1), default=None, help="Seeded replicates (default 16).")
 @click.option("--budget-calls", type=click.IntRange(1), default=None,
-              help="Model calls per estimate (default: each estimator's paper budget, 2^16).")
+              help="Model calls where the paper gives 2^16 (default 2^16; paper budgets scale with it).")
+@click.option("--budget", "budget_mode", type=click.Choice(["paper", "flop-fair", "both"]), default="both",
+              show_default=True, help="paper: each estimator's paper budget (backward passes free); flop-fair: the "
+              "same forward-pass equivalents for all, a backward pass = 2.")
+@click.option("--temperatures", default=None, metavar="T,T,...",
+              help="Temperature grid tuned on the tuning problems (default: the paper's 9 values 0.2 … 5; one "
+              "value fixes it).")
+@click.option("--tuning-replicates", type=click.IntRange(1), default=None,
+              help="Seeded runs per tuning problem and temperature (default 2).")
 @click.option("--estimator", "estimators", multiple=True, help="Only this estimator (repeatable).")
 @click.option("--depth", "depths", type=click.IntRange(1, 300), multiple=True,
               help="Only this depth, as an exponent: 9 for 1e-9 (repeatable).")
@@ -738,8 +747,11 @@ def bench() -> None:
 @click.option("--list", "list_only", is_flag=True, help="List the problems and their exact values; run nothing.")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Torch threads (estimators run small batches; the speed column is measured on one thread).")
-def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | None, estimators: tuple[str, ...],
-                       depths: tuple[int, ...], output: Path, list_only: bool, threads: int) -> None:
+@add_executor_options
+def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | None, budget_mode: str,
+                       temperatures: str | None, tuning_replicates: int | None, estimators: tuple[str, ...],
+                       depths: tuple[int, ...], output: Path, list_only: bool, threads: int,
+                       executor: dict[str, Any]) -> None:
     """Run every registered estimator on every planted problem with an exact answer (docs/known-answer.md).
 
     Resumable: rerun the same command to continue; rows already in OUTPUT/results.jsonl are kept.
@@ -752,7 +764,8 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
 
     torch.set_num_threads(threads)
     registry = _registry()
-    selection = known.Selection.of(quick, replicates, budget_calls, estimators, depths)
+    selection = known.Selection.of(quick, replicates, budget_calls, estimators, depths, budget_mode,
+                                   known.parse_temperatures(temperatures), tuning_replicates)
     if list_only:
         answers = [a for a in known.known_answers(registry, ("test", "tuning", "calibration"))
                    if not selection.exponents or known.exponent(a) in selection.exponents]
@@ -760,17 +773,17 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
                                 [[a.model, a.spec, a.family, a.role, f"{a.exact_p:.12e}", f"{a.exact.log10:.4f}"]
                                  for a in answers]))
         return
-    plan_, answers = known.prepare(registry, selection)
-    click.echo(f"{len(answers)} problems, {len(plan_.jobs)} estimates ({selection.describe()}); "
+    plan_ = known.prepare(registry, selection)
+    tests = len(plan_.tests) * len(plan_.estimators) * len(selection.modes) * selection.replicates
+    click.echo(f"{known.describe_run(plan_)}\n{len(plan_.tuning_jobs)} tuning and {tests} test estimates; "
                f"left out: {', '.join(sorted(plan_.skipped)) or 'none'}", err=True)
-    rows = list(known.run(plan_, registry, output / "results.jsonl"))
-    every = list(Engine(output / "results.jsonl").rows.values())
-    pooled = known.summarize(every, plan_.answers)
-    md, js = known.write_outputs(output, pooled, known.summarize(every, plan_.answers, by_family=True), answers,
-                                 plan_.skipped, selection.describe())
-    figures = known.write_figures(output, every, plan_.answers, pooled)
+    outcome = known.run(plan_, registry, output / "results.jsonl", ExecutorSettings().merged(**executor).create())
+    md, js, pooled = known.write_outputs(output, plan_, outcome)
+    figures = known.write_figures(output, outcome, pooled)
+    if outcome.choices:
+        click.echo(format_table(known.TEMPERATURE_HEADER, known.temperature_rows(outcome.choices)) + "\n")
     click.echo(known.text_table(pooled))
-    click.echo(f"{len(rows)} new estimates; wrote {md}, {js} and {len(figures)} figure files", err=True)
+    click.echo(f"{outcome.new_rows} new estimates; wrote {md}, {js} and {len(figures)} figure files", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
