@@ -81,6 +81,10 @@ class Estimate(BaseModel):
     model_calls: float
     seconds: float
     model_seconds: float
+    positions: int = 0
+    """Token positions the forward passes processed (0 in rows written before lowprob counted them)."""
+    generated_tokens: int = 0
+    """Tokens chosen by generation (output-event targets)."""
     stop_reason: str
     unbiased: bool
     diagnostics: dict[str, Any] = Field(default_factory=dict)

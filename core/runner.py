@@ -140,6 +140,8 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
         model_calls=spent.model_calls(budget.backward_weight),
         seconds=time.perf_counter() - t0,
         model_seconds=spent.model_seconds,
+        positions=spent.positions,
+        generated_tokens=spent.generated_tokens,
         stop_reason=reason,
         unbiased=estimator.capabilities.unbiased,
         diagnostics=out.diagnostics,
