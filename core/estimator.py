@@ -21,6 +21,7 @@ from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.meter import MeteredModel
+from lowprob.core.output_target import Event, OutputTarget, check_fits
 from lowprob.core.target import Target
 
 PAPER_MODEL_CALLS = 2**16
@@ -41,6 +42,7 @@ class Capabilities:
     ``unbiased``: E[value] equals the true probability. ``consistent``: converges as the budget grows.
     ``has_error_bars``: reports a standard error / interval. ``needs_gradients``: uses backward passes.
     ``needs_factorized``: requires independent positions (``InputDistribution.is_factorized``).
+    ``output_events``: handles targets on generated continuations (:class:`~lowprob.core.output_target.OutputTarget`).
     """
 
     unbiased: bool
@@ -48,15 +50,25 @@ class Capabilities:
     needs_gradients: bool = False
     needs_factorized: bool = False
     consistent: bool = True
+    output_events: bool = False
 
 
 @dataclass
 class Problem:
-    """What to estimate: a metered model, an input distribution and a target event."""
+    """What to estimate: a metered model, an input distribution and an event (a next-token target or an output
+    event)."""
 
     model: MeteredModel
     distribution: InputDistribution
-    target: Target
+    event: Event
+
+    @property
+    def target(self) -> Target:
+        """The next-token target, for estimators that judge the last position's logits."""
+        if isinstance(self.event, OutputTarget):
+            raise LowprobError(f"{self.event.describe()} is an output event (a test on generated tokens), not a "
+                               "next-token target")
+        return self.event
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,12 @@ class Estimator(ABC, Generic[S]):
 
     def check_problem(self, problem: Problem) -> None:
         """Raise a clear error when this estimator cannot handle ``problem``."""
+        if isinstance(problem.event, OutputTarget):
+            if not self.capabilities.output_events:
+                raise LowprobError(
+                    f"estimator {self.name!r} judges the next token after the input and does not support output "
+                    f"events such as {problem.event.describe()}; see `lowprob estimators` for those that do")
+            check_fits(problem.event, problem.distribution.length, problem.model.n_ctx)
         if self.capabilities.needs_factorized and not problem.distribution.is_factorized:
             raise LowprobError(
                 f"estimator {self.name!r} needs independent positions, but the distribution has weighted "

@@ -120,7 +120,7 @@ def run_estimator(estimator: Estimator[Any], problem: Problem, budget: Budget, s
         model=meter.name,
         distribution=problem.distribution.name,
         distribution_hash=problem.distribution.content_hash,
-        target=problem.target.describe(),
+        target=problem.event.describe(),
         options=estimator.options.model_dump(mode="json"),
         budget=budget.model_dump(mode="json", exclude_none=True),
         torch_version=torch.__version__,

@@ -12,7 +12,9 @@ import torch
 
 from lowprob.core.distribution import Block, Categorical, InputDistribution
 from lowprob.core.errors import LowprobError
-from lowprob.core.target import ArgmaxIn, ArgmaxIs, Target
+from lowprob.core.generation import Sampling
+from lowprob.core.output_target import ContainsToken, Equals, Event, OutputTarget, TextTest
+from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.core.token_set import TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary
 from lowprob.dsl import syntax as s
@@ -32,7 +34,7 @@ class CompiledSpec:
     """Everything a spec defines, compiled for one vocabulary, by name and in definition order."""
 
     distributions: dict[str, InputDistribution]
-    targets: dict[str, Target]
+    targets: dict[str, Event]
     token_sets: dict[str, TokenSet]
     filename: str = "<spec>"
 
@@ -40,7 +42,7 @@ class CompiledSpec:
         """The dist called ``name``; without one, the only dist or else the one named ``main``."""
         return self._pick("dist", self.distributions, name)
 
-    def target(self, name: str | None = None) -> Target:
+    def target(self, name: str | None = None) -> Event:
         """The target called ``name``; without one, the only target or else ``main``."""
         return self._pick("target", self.targets, name)
 
@@ -106,7 +108,8 @@ class _Compiler:
         self.sets = TokenSetEvaluator(vocab, resolvers, self.source, self._token_set)
         self.token_sets: dict[str, TokenSet] = {}
         self.dists: dict[str, InputDistribution] = {}
-        self.targets: dict[str, Target] = {}
+        self.targets: dict[str, Event] = {}
+        self.generated: list[tuple[s.Continuation, int]] = []  # each output target's continuation and length
         self.lines: dict[str, int] = {}
         self.later: dict[str, int] = {}  # names defined further down, for "defined later" hints
 
@@ -131,6 +134,7 @@ class _Compiler:
             with self._located(statement):
                 self._define(statement)
             self.lines[statement.name] = statement.line
+        self._check_continuations()
         return CompiledSpec(self.dists, self.targets, self.token_sets, self.spec.filename)
 
     @contextmanager
@@ -154,7 +158,9 @@ class _Compiler:
         else:
             self.targets[statement.name] = self._target(statement.test)
 
-    def _target(self, test: s.TargetIs | s.TargetIn) -> Target:
+    def _target(self, test: s.TargetIs | s.TargetIn | s.OutputTest) -> Event:
+        if isinstance(test, s.OutputTest):
+            return self._output(test)
         if isinstance(test, s.TargetIn):
             tokens = self.sets.evaluate(test.expr)
             return ArgmaxIn(frozenset(tokens.ids.tolist()), label=format_set(test.expr))
@@ -162,6 +168,69 @@ class _Compiler:
             return ArgmaxIs(self.sets.token_id(test.token, test), label=test.token)
         token_id = self.sets.check_id(test.token, test)
         return ArgmaxIs(token_id, label=self.vocab.token_string(token_id))
+
+    def _output(self, test: s.OutputTest) -> Event:
+        """An output event; ``greedy(1) == "t"`` and ``greedy(1) contains S`` are the next-token targets
+        ``argmax == "t"`` and ``argmax in S``, which every estimator supports."""
+        run = test.continuation
+        length = run.length
+        self._check_length(length + 1, run, f"{_spell(run)} with one input token before it")
+        self.generated.append((run, length))
+        options = {o.name: o.value for o in run.options}
+        sampling = (Sampling.argmax() if run.mode == "greedy"
+                    else Sampling.sample(float(options.get("temperature", 1.0)), _int_or_none(options.get("top_k"))))
+        if isinstance(test.operand, str):
+            if test.op == "matches":
+                pattern, lead = test.operand.strip(), len(test.operand) - len(test.operand.lstrip())
+                self.sets.text_pattern(pattern, test, 1 + lead)
+                return OutputTarget(length, sampling, TextTest("matches", pattern))
+            ids = self._continuation_ids(test, length)
+            if test.op == "==":
+                if length == 1 and sampling.greedy:
+                    return ArgmaxIs(ids[0], label=test.operand)
+                return OutputTarget(length, sampling, Equals(tuple(ids), test.operand))
+            return OutputTarget(length, sampling, TextTest("startswith" if test.op == "startswith" else "contains",
+                                                           test.operand))
+        ids_set = frozenset(self.sets.evaluate(test.operand).ids.tolist())
+        label = format_set(test.operand)
+        if length == 1 and sampling.greedy:
+            return ArgmaxIn(ids_set, label=label)
+        return OutputTarget(length, sampling, ContainsToken(ids_set, label))
+
+    def _continuation_ids(self, test: s.OutputTest, length: int) -> list[int]:
+        """The tokens of the text ``test`` compares with; they must fit in the ``length`` generated ones (all of
+        them, for ``==``)."""
+        assert isinstance(test.operand, str)
+        text = test.operand
+        shown = format_string(shorten(text))
+        if not text:
+            raise self.source.error(test, "the empty string is no continuation",
+                                    "every continuation starts with and contains the empty string: write some text")
+        try:
+            ids = self.vocab.encode(text)
+        except ValueError as exc:
+            raise self.source.error(test, f"no continuation can produce {shown}: {exc}") from None
+        pieces = " ".join(format_string(self.vocab.token_string(i)) for i in ids[:8]) + " ..." * (len(ids) > 8)
+        run = _spell(test.continuation)
+        if test.op == "==" and len(ids) != length:
+            raise self.source.error(
+                test, f"{shown} is {len(ids)} token{'s' * (len(ids) != 1)}, but {run} generates {length}",
+                f"'==' compares the whole continuation token by token; {shown} tokenizes as {pieces}")
+        if len(ids) > length:
+            raise self.source.error(
+                test, f"{shown} is {len(ids)} tokens, more than the {length} that {run} generates",
+                f"it tokenizes as {pieces}; generate at least {len(ids)} tokens")
+        return ids
+
+    def _check_continuations(self) -> None:
+        """Every dist followed by every output target's continuation fits in the maximum length."""
+        if not self.dists or not self.generated:
+            return
+        name, dist = max(self.dists.items(), key=lambda item: item[1].length)
+        for run, length in self.generated:
+            self._check_length(dist.length + length, run,
+                               f"dist {name!r} ({dist.length} tokens) followed by the {length} tokens {_spell(run)} "
+                               "generates")
 
     # ---- name resolution
 
@@ -324,3 +393,12 @@ class _Compiler:
                 else f"without max_length, dists are limited to {LENGTH_CAP} tokens"
             )
             raise self.source.error(node, f"{what} is {length} tokens long, more than the maximum length {limit}", hint)
+
+
+def _spell(run: s.Continuation) -> str:
+    """``greedy(L)`` or ``sample(L)`` as written (options left out), for messages."""
+    return f"{run.mode}({run.length})"
+
+
+def _int_or_none(value: int | float | None) -> int | None:
+    return None if value is None else int(value)

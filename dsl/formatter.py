@@ -28,10 +28,25 @@ def format_statement(statement: s.Statement) -> str:
     if isinstance(statement, s.DistDef):
         return f"dist {statement.name} = {_branches(statement.branches)}"
     test = statement.test
+    if isinstance(test, s.OutputTest):
+        return f"target {statement.name} = {format_output_test(test)}"
     if isinstance(test, s.TargetIn):
         return f"target {statement.name} = argmax in {format_set(test.expr)}"
     token = format_string(test.token) if isinstance(test.token, str) else f"#{test.token}"
     return f"target {statement.name} = argmax == {token}"
+
+
+def format_output_test(test: s.OutputTest) -> str:
+    """An output event: ``greedy(4) startswith " the"``, ``sample(8, temperature=0.7) contains {...}``."""
+    run = test.continuation
+    options = "".join(f", {o.name}={format_number(o.value)}" for o in run.options)
+    if test.op == "matches":
+        operand = f"/{test.operand}/"
+    elif isinstance(test.operand, str):
+        operand = format_string(test.operand)
+    else:
+        operand = format_set(test.operand)
+    return f"{run.mode}({run.length}{options}) {test.op} {operand}"
 
 
 def format_string(value: str) -> str:

@@ -21,6 +21,10 @@ MAX_SPEC_CHARS = 100_000
 MAX_NUMBER_CHARS = 100
 """Longest number literal."""
 
+SAMPLE_OPTIONS = {"temperature": "T (a positive number)", "top_k": "K (a positive integer)"}
+"""The options ``sample(L, ...)`` takes, with what each value must be."""
+_Test = tuple[s.OutputOperator, str | s.SetExpr, dict[str, int]]
+"""An output test before its continuation is attached: operator, operand and where it is written."""
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 _INTEGER = re.compile(r"[+-]?\d+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -232,6 +236,47 @@ class _ToSyntax:
 
     def target_in(self, name: Token, expr: s.SetExpr) -> s.TargetDef:
         return s.TargetDef(self._name(name), s.TargetIn(expr, **self._at(expr)), **self._at(name))
+
+    def target_output(self, name: Token, continuation: s.Continuation, test: _Test) -> s.TargetDef:
+        op, operand, at = test
+        return s.TargetDef(self._name(name), s.OutputTest(continuation, op, operand, **at), **self._at(name))
+
+    # ---- output events
+    def greedy(self, keyword: Token, length: Token) -> s.Continuation:
+        return s.Continuation("greedy", self._length(length), **self._at(keyword))
+
+    def sample(self, keyword: Token, length: Token, *options: s.SampleOption) -> s.Continuation:
+        seen: set[str] = set()
+        for option in options:
+            if option.name in seen:
+                raise self.source.error(option, f"sample() option {option.name!r} is given twice")
+            seen.add(option.name)
+        return s.Continuation("sample", self._length(length), options, **self._at(keyword))
+
+    def _length(self, token: Token) -> int:
+        return self._integer(token, "a continuation length", minimum=1)
+
+    def sample_option(self, name: Token, value: Token) -> s.SampleOption:
+        if name.value not in SAMPLE_OPTIONS:
+            raise self.source.error_at(
+                name.line, name.column, f"unknown sample() option {name.value!r}",
+                "the options are " + " and ".join(f"{k}={v}" for k, v in SAMPLE_OPTIONS.items()))
+        number = self._number(value)
+        if name.value == "top_k":
+            number = self._integer(value, "top_k", minimum=1)
+        elif not number > 0:
+            raise self.source.error_at(value.line, value.column, f"the temperature must be positive, got {value.value}",
+                                       "temperature=1 samples from the model as it is; use greedy(L) for the argmax")
+        return s.SampleOption(name.value, number, **self._at(name))
+
+    def output_text(self, op: Token, text: Token) -> _Test:
+        return op.value, self._string(text), self._at(op)
+
+    def output_set(self, op: Token, expr: s.SetExpr) -> _Test:
+        return "contains", expr, self._at(op)
+
+    def output_regex(self, op: Token, regex: Token) -> _Test:
+        return "matches", regex.value[1:-1], self._at(regex)
 
     # ---- token sets
     def where(self, expr: s.SetExpr, keyword: Token, condition: s.Filter) -> s.Where:

@@ -13,12 +13,12 @@ from functools import cached_property
 import torch
 
 from lowprob.core.errors import LowprobError, WeightError
+from lowprob.core.regex_scan import SCAN_SECONDS, SPEC_SCAN_SECONDS, compile_pattern, search_all
 from lowprob.core.token_set import ResolverArg, TokenSet, TokenSetResolver
 from lowprob.core.vocabulary import Vocabulary, token_strings
 from lowprob.dsl import syntax as s
 from lowprob.dsl.errors import DslError, SourceText, shorten
 from lowprob.dsl.formatter import format_number, format_string
-from lowprob.dsl.regex_scan import SCAN_SECONDS, SPEC_SCAN_SECONDS, compile_pattern, search_all
 
 BUILTINS = ("top", "vocab")
 """Functions every spec can call; they take precedence over injected resolvers of the same name."""
@@ -179,7 +179,7 @@ class TokenSetEvaluator:
         return torch.tensor([test(self._strings[i]) for i in ids.tolist()], dtype=torch.bool)
 
     def _matching(
-        self, pattern: re.Pattern[str], ids: torch.Tensor, node: s.RegexSet | s.MatchesFilter
+        self, pattern: re.Pattern[str], ids: torch.Tensor, node: s.Node
     ) -> torch.Tensor:
         """A mask over ``ids`` of the tokens containing a match: each token is scanned at most once per pattern,
         under a time limit per pattern and one for the whole spec."""
@@ -215,12 +215,21 @@ class TokenSetEvaluator:
             "it backtracks catastrophically: avoid nested or overlapping repetition such as (a+)+ or (a|aa)+",
         )
 
-    def _regex(self, pattern: str, node: s.RegexSet | s.MatchesFilter) -> re.Pattern[str]:
+    def _regex(self, pattern: str, node: s.Node, offset: int = 1) -> re.Pattern[str]:
+        """``pattern`` compiled; an invalid one is an error at its offending character, ``offset`` characters
+        after ``node`` being the pattern's first (the node starts at the opening slash)."""
         try:
             return compile_pattern(pattern)
         except re.error as exc:
-            # the node starts at the opening slash; point at the offending character of the pattern
-            raise self.source.error(node, f"invalid regular expression: {exc.msg}", offset=1 + (exc.pos or 0)) from None
+            raise self.source.error(node, f"invalid regular expression: {exc.msg}", offset=offset + (exc.pos or 0)) \
+                from None
+
+    def text_pattern(self, pattern: str, node: s.Node, offset: int) -> re.Pattern[str]:
+        """``pattern`` compiled for matching generated text, and scanned once over the vocabulary under the
+        spec's regex time limits, so that one that backtracks catastrophically fails here rather than mid-run."""
+        compiled = self._regex(pattern, node, offset)
+        self._matching(compiled, self._plain_ids, node)
+        return compiled
 
     def _passing(self, condition: s.Filter, ids: torch.Tensor) -> torch.Tensor:
         """A mask over ``ids`` of the tokens passing ``condition``.

@@ -278,11 +278,44 @@ class TargetIn(Node):
 
 
 @dataclass(frozen=True)
-class TargetDef(Node):
-    """``target NAME = argmax == ...`` or ``target NAME = argmax in ...``."""
+class SampleOption(Node):
+    """``temperature=0.7`` or ``top_k=50`` inside ``sample(...)``."""
 
     name: str
-    test: TargetIs | TargetIn
+    value: int | float
+
+
+@dataclass(frozen=True)
+class Continuation(Node):
+    """``greedy(L)`` or ``sample(L, option=value, ...)``: the ``L`` tokens the model generates after the input."""
+
+    mode: TypingLiteral["greedy", "sample"]
+    length: int
+    options: tuple[SampleOption, ...] = ()
+
+
+OutputOperator = TypingLiteral["==", "startswith", "contains", "matches"]
+
+
+@dataclass(frozen=True)
+class OutputTest(Node):
+    """``CONTINUATION OP OPERAND``: a test on the generated continuation (positioned at the operator).
+
+    ``operand`` is the text for ``==``, ``startswith`` and ``contains "text"``, the pattern for ``matches``
+    and a set expression for ``contains SET``.
+    """
+
+    continuation: Continuation
+    op: OutputOperator
+    operand: str | SetExpr
+
+
+@dataclass(frozen=True)
+class TargetDef(Node):
+    """``target NAME = argmax == ...``, ``target NAME = argmax in ...`` or ``target NAME = greedy(L) ...``."""
+
+    name: str
+    test: TargetIs | TargetIn | OutputTest
 
 
 Statement = TokensDef | DistDef | TargetDef

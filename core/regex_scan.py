@@ -1,4 +1,4 @@
-"""Regular expressions matched against a whole vocabulary under a time limit.
+"""Regular expressions matched against many texts (a vocabulary, generated continuations) under a time limit.
 
 Patterns are Python ``re`` patterns (that is the spec language's dialect). A pattern that backtracks
 catastrophically (``(a|aa)+c``) can take longer than the universe's age on one token, so every scan runs
