@@ -36,6 +36,7 @@ from lowprob.executors import ExecutorSettings, add_executor_options
 from lowprob.experiments import open_results, plan, run
 from lowprob.ground_truth import MAX_RESERVOIR, MAX_SHARD_SIZE, MAX_SHARDS
 from lowprob.plugins import Registry, load_registry, plugin_infos
+from lowprob.reference_cli import reference
 from lowprob.report import format_table, markdown_table, summary_table
 from lowprob.results import ResultRow
 
@@ -785,6 +786,8 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
     click.echo(known.text_table(pooled))
     click.echo(f"{outcome.new_rows} new estimates; wrote {md}, {js} and {len(figures)} figure files", err=True)
 
+
+main.add_command(reference)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
