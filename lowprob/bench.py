@@ -113,6 +113,10 @@ def describe_budget(budget: Budget) -> str:
     return f"{budget.model_calls} calls, backward {weight}"
 
 
+ProblemKey = tuple[str, str, str]
+"""A compiled problem's model, distribution (registered name) and target expression, as in its rows."""
+
+
 @dataclass(frozen=True)
 class Case:
     """What a bench row is scored against: its problem's exact answer and the budget it ran at."""
@@ -207,7 +211,7 @@ class Bench:
     selection: Selection
     tests: list[KnownAnswer]
     tuning: list[KnownAnswer]
-    problems: dict[str, Problem]
+    problems: dict[ProblemKey, Problem]
     estimators: list[str]
     tuned: list[str]
     budgets: dict[tuple[str, str], Budget]
@@ -221,7 +225,7 @@ class Bench:
 
     def _job(self, answer: KnownAnswer, name: str, mode: str, seed: int, temperature: float | None,
              tags: ProtocolTags | None) -> Job:
-        problem = self.problems[answer.spec]
+        problem = self.problems[(answer.model, answer.spec, answer.target)]
         options = {TUNED_OPTION: temperature} if temperature is not None else {}
         return Job(RowSpec(experiment=EXPERIMENT, model=answer.model, distribution=answer.spec,
                            distribution_hash=problem.distribution.content_hash, target=answer.target,
@@ -257,8 +261,8 @@ def prepare(registry: Registry, selection: Selection) -> Bench:
     names, skipped = runnable_estimators(registry, selection.estimators, dict(selection.skip))
     if not names:
         raise LowprobError("no estimator left to run")
-    problems = {a.spec: compile_problem(registry, resolve_spec(a.spec, registry), model=a.model, target=a.target)
-                for a in [*tests, *tuning]}
+    problems = {(a.model, a.spec, a.target): compile_problem(registry, resolve_spec(a.spec, registry), model=a.model,
+                                                             target=a.target) for a in [*tests, *tuning]}
     budgets = {(n, m): budget_for(registry, n, m, selection.calls) for n in names for m in selection.modes}
     tuned = [n for n in names if TUNED_OPTION in registry.estimator(n).Options.model_fields]
     bench = Bench(selection, tests, tuning, problems, names, tuned, budgets, [], {}, skipped)
@@ -319,9 +323,10 @@ LEVEL = 0.95
 """The confidence level of every bench estimate."""
 
 
-def run_jobs(bench: Bench, registry: Registry, engine: Engine, jobs: Sequence[Job],
+def run_jobs(problems: Mapping[ProblemKey, Problem], registry: Registry, engine: Engine, jobs: Sequence[Job],
              executor: Executor | None = None) -> Iterator[ResultRow]:
-    """Run the pending ``jobs`` into ``engine``; an estimator's own error becomes an error row. On an
+    """Run the pending ``jobs`` into ``engine``, each on its problem in ``problems`` (by model, distribution and
+    target: what a worker compiles the row's spec to); an estimator's own error becomes an error row. On an
     ``executor`` other than serial the rows are tasks grouped by model, written here as they come back."""
     if executor is not None and not executor.in_process:
         def task(job: Job) -> _Task:
@@ -335,7 +340,8 @@ def run_jobs(bench: Bench, registry: Registry, engine: Engine, jobs: Sequence[Jo
     def compute(job: Job) -> ResultRow:
         spec = job.spec
         try:
-            estimate = run_problem(registry, bench.problems[spec.distribution], spec.estimator, spec.options,
+            estimate = run_problem(registry, problems[(spec.model, spec.distribution, spec.target or "")],
+                                   spec.estimator, spec.options,
                                    spec.budget, spec.seed or 0, level=LEVEL, progress=False)
         except LowprobError as exc:
             return _error_row(spec, exc)
@@ -364,10 +370,10 @@ def run(bench: Bench, registry: Registry, results: Path, executor: Executor | No
     """Tune, then test, into ``results`` (resumable: rows already there are kept and reused); the test jobs are
     planned once the tuning rows are all in, so serial and executor runs write the same rows."""
     engine = Engine(results)
-    new = sum(1 for _ in run_jobs(bench, registry, engine, bench.tuning_jobs, executor))
+    new = sum(1 for _ in run_jobs(bench.problems, registry, engine, bench.tuning_jobs, executor))
     choices = choose_temperatures(bench, engine.rows)
     planned = bench.test_jobs(choices)
-    new += sum(1 for _ in run_jobs(bench, registry, engine, [job for job, _ in planned.values()], executor))
+    new += sum(1 for _ in run_jobs(bench.problems, registry, engine, [job for job, _ in planned.values()], executor))
     return Outcome(new, engine.rows, {key: case for key, (_, case) in planned.items()}, choices)
 
 

@@ -130,7 +130,7 @@ def _show_problem(problem: Problem, samples: int, seed: int) -> None:
     click.echo(f"model        {problem.model.name} (d_vocab {problem.model.d_vocab}, n_ctx {problem.model.n_ctx})")
     click.echo(f"distribution {dist.name or '(unnamed)'}: {dist.length} tokens, "
                f"{'independent positions' if dist.is_factorized else 'with alternatives'}, hash {dist.content_hash}")
-    click.echo(f"target       {problem.target.describe()}")
+    click.echo(f"target       {problem.event.describe()}")
     for text, logp in _decoded_samples(problem, samples, seed):
         shown = text if len(text) <= 100 else text[:97] + "..."
         click.echo(f"  sample     {shown!r}  (log D = {logp:.2f})")
@@ -785,6 +785,54 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
         click.echo(format_table(known.TEMPERATURE_HEADER, known.temperature_rows(outcome.choices)) + "\n")
     click.echo(known.text_table(pooled))
     click.echo(f"{outcome.new_rows} new estimates; wrote {md}, {js} and {len(figures)} figure files", err=True)
+
+
+@bench.command(name="coverage")
+@click.option("--quick", is_flag=True, help="4 runs per (estimator, target) at 256 calls; no tsmc-ctl, mhis.")
+@click.option("--runs", type=click.IntRange(1), default=None, help="Seeded runs per (estimator, target) (default 200).")
+@click.option("--budget-calls", type=click.IntRange(1), default=None,
+              help="Model calls where the paper gives 2^16 (default 4096).")
+@click.option("--budget", "budget_mode", type=click.Choice(["paper", "flop-fair"]), default="paper",
+              show_default=True, help="paper: each estimator's paper budget, scaled; flop-fair: the same "
+              "forward-pass equivalents for all, a backward pass = 2.")
+@click.option("--estimator", "estimators", multiple=True,
+              help="Only this estimator (repeatable; default: every one that reports error bars).")
+@click.option("--planted", multiple=True, metavar="SPEC",
+              help="Planted problem (repeatable; default planted-threshold-e6 and planted-threshold-e9).")
+@click.option("--trained", multiple=True, metavar="MODEL/DIST",
+              help="Shipped ground truth whose rarest token with >= 100 hits is a target (repeatable; default "
+              "lowprob-1l/camel and lowprob-1l/hex).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-coverage"),
+              show_default=True, help="Folder for results.jsonl, coverage.md and coverage.json.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True, help="Torch threads.")
+@add_executor_options
+def bench_coverage(quick: bool, runs: int | None, budget_calls: int | None, budget_mode: str,
+                   estimators: tuple[str, ...], planted: tuple[str, ...], trained: tuple[str, ...], output: Path,
+                   threads: int, executor: dict[str, Any]) -> None:
+    """Coverage of every error-bar estimator's 95 % interval over many seeded runs, on planted and trained-model
+    targets (docs/known-answer.md). Resumable like the bench.
+
+    \b
+    Example:
+      lowprob bench coverage --quick
+    """
+    from lowprob import coverage_study as study
+
+    torch.set_num_threads(threads)
+    registry = _registry()
+    pairs = [study.parse_pair(t) for t in trained] if trained else list(study.DEFAULT_TRAINED)
+    plan_ = study.prepare(registry, planted or study.DEFAULT_PLANTED, pairs,
+                          runs or (study.QUICK_RUNS if quick else study.DEFAULT_RUNS),
+                          budget_calls or (study.QUICK_CALLS if quick else study.DEFAULT_CALLS), budget_mode,
+                          estimators, quick)
+    click.echo(f"{plan_.describe()}; left out: {', '.join(sorted(plan_.skipped)) or 'none'}", err=True)
+    new, engine = study.run(plan_, registry, output / "results.jsonl", ExecutorSettings().merged(**executor).create())
+    lines = study.summarize(engine.rows.values(), plan_.target_of)
+    paths = study.write_outputs(output, plan_, lines)
+    click.echo(study.text_table(lines))
+    click.echo(f"{new} new runs; wrote {', '.join(str(p) for p in paths[:2])} and {len(paths) - 2} figure files; "
+               f"at {study.DEFAULT_RUNS} runs per (estimator, target) these targets and budgets take "
+               f"~{study.projected_hours(lines):.2f} h of estimation", err=True)
 
 
 main.add_command(reference)
