@@ -18,6 +18,7 @@ stand-in models), and the caller keeps the reference path; the load-time self-ch
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,7 +129,8 @@ class FastForward:
 
     def self_check(self, model: Any, samples: int = 4, positions: int = 7, seed: int = 0) -> bool:
         """Whether this path matches the model's own forward on a few seeded random inputs: the last-position
-        logits, and every position's logits when decoded incrementally (a prompt, then one token at a time)."""
+        logits, and every position's logits when decoded incrementally (a prompt, a block of new positions,
+        then one token at a time: each attention case of :meth:`decode`)."""
         gen = torch.Generator().manual_seed(seed)
         n = min(positions, self.W_pos.shape[0])
         tokens = torch.randint(self.W_E.shape[0], (samples, n), generator=gen).to(self.W_E.device)
@@ -136,9 +138,8 @@ class FastForward:
             reference = model(tokens).float()
             ours = self.last_logits(tokens)
             cache = self.new_cache(samples, n)
-            prompt = (n + 1) // 2
-            steps = [self.decode(cache, tokens[:, :prompt], every_position=True)]
-            steps += [self.decode(cache, tokens[:, i:i + 1]) for i in range(prompt, n)]
+            bounds = sorted({0, (n + 2) // 3, (2 * n + 2) // 3, *range((2 * n + 2) // 3, n + 1)})
+            steps = [self.decode(cache, tokens[:, a:b], keep=b - a) for a, b in itertools.pairwise(bounds)]
             decoded = torch.cat(steps, dim=1).float()
         return bool(ours.shape == reference[:, -1].shape and decoded.shape == reference.shape
                     and (ours - reference[:, -1]).abs().max() <= SELF_CHECK_TOLERANCE
@@ -176,37 +177,42 @@ class FastForward:
         like = self.W_E
         return KVCache([like.new_zeros(shape) for _ in self.blocks], [like.new_zeros(shape) for _ in self.blocks], 0)
 
-    def decode(self, cache: KVCache, tokens: torch.Tensor, every_position: bool = False) -> torch.Tensor:
-        """Logits of ``tokens [B, m]`` appended to the ``cache.length`` positions already in ``cache``:
-        ``[B, m, d_vocab]`` with ``every_position``, else ``[B, 1, d_vocab]`` at the last new position only.
-        Writes the new positions' keys and values into ``cache`` and advances its length."""
+    def decode(self, cache: KVCache, tokens: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Logits ``[B, keep, d_vocab]`` at the last ``keep`` of the positions ``tokens [B, m]`` appends to the
+        ``cache.length`` positions already in ``cache``. Writes the new positions' keys and values into ``cache``
+        and advances its length; as in :meth:`last_logits`, the last layer's attention output and MLP run only at
+        the ``keep`` positions whose logits are asked for."""
         start, m = cache.length, tokens.shape[1]
         if start + m > cache.keys[0].shape[2]:
             raise ValueError(f"decoding {m} positions after {start} overflows a cache of {cache.keys[0].shape[2]}")
+        if not 1 <= keep <= m:
+            raise ValueError(f"keep must be between 1 and the {m} new positions, got {keep}")
         x = self.W_E[tokens] + self.W_pos[start:start + m]
-        for block, keys, values in zip(self.blocks, cache.keys, cache.values, strict=True):
-            x = self._cached_block(block, x, keys, values, start)
+        last = len(self.blocks) - 1
+        for i, (block, keys, values) in enumerate(zip(self.blocks, cache.keys, cache.values, strict=True)):
+            x = self._cached_block(block, x, keys, values, start, keep if i == last else m)
         cache.length = start + m
-        a = self.ln_final(x if every_position else x[:, -1:])
-        return a @ self.W_U + self.b_U
+        return self.ln_final(x) @ self.W_U + self.b_U
 
     def _cached_block(self, block: LayerWeights, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                      start: int) -> torch.Tensor:
+                      start: int, keep: int) -> torch.Tensor:
         """One block over new positions ``start .. start + m - 1`` (``x [B, m, d]``), attending to the cached
-        keys and values of every earlier position; stores the new positions' keys and values."""
+        keys and values of every earlier position; stores the new positions' keys and values and returns the
+        block's output at the last ``keep`` of them."""
         batch, m, _ = x.shape
         qkv = block.ln1(x) @ block.W_QKV + block.b_QKV
         q, k, v = (self._split_heads(t).transpose(1, 2) for t in qkv.chunk(3, dim=-1))  # [B, H, m, dh]
         end = start + m
         keys[:, :, start:end], values[:, :, start:end] = k, v
-        if m == 1 or start == 0:  # one query sees every key; or a causal square block
-            z = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], is_causal=m > 1,
+        x, q = x[:, m - keep:], q[:, :, m - keep:]
+        if keep == 1 or start + m == keep:  # one query sees every key; or a causal square block
+            z = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], is_causal=keep > 1,
                                                scale=1.0 / self.attn_scale)
-        else:
-            mask = torch.ones(m, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        else:  # query j (position end - keep + j) sees keys up to it
+            mask = torch.ones(keep, end, dtype=torch.bool, device=x.device).tril(diagonal=end - keep)
             z = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask,
                                                scale=1.0 / self.attn_scale)
-        x = x + z.transpose(1, 2).reshape(batch, m, -1) @ block.W_O + block.b_O
+        x = x + z.transpose(1, 2).reshape(batch, keep, -1) @ block.W_O + block.b_O
         return x + self.act(block.ln2(x) @ block.W_in + block.b_in) @ block.W_out + block.b_out
 
     def first_layer_table(self, support: torch.Tensor) -> FirstLayerTable:

@@ -122,8 +122,9 @@ class Decoder(Protocol):
         """Logits ``[B, d_vocab]`` after appending ``tokens [B]``."""
         ...
 
-    def every_position(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, n, d_vocab]`` at every position of ``tokens [B, n]`` (position i sees tokens ≤ i)."""
+    def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+        """Logits ``[B, keep, d_vocab]`` at the last ``keep`` positions of ``tokens [B, n]`` (position i sees
+        tokens ≤ i), teacher-forced."""
         ...
 
 
@@ -142,9 +143,8 @@ class CachedDecoder:
         assert self.cache is not None, "start the decoder first"
         return self.fast.decode(self.cache, tokens[:, None])[:, -1].float()
 
-    def every_position(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fast.decode(self.fast.new_cache(tokens.shape[0], tokens.shape[1]), tokens,
-                                every_position=True).float()
+    def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+        return self.fast.decode(self.fast.new_cache(tokens.shape[0], tokens.shape[1]), tokens, keep).float()
 
 
 class RecomputeDecoder:
@@ -162,8 +162,9 @@ class RecomputeDecoder:
         self.sequences = torch.cat([self.sequences, tokens[:, None].to(self.sequences.device)], dim=1)
         return self.adapter.last_logits(self.sequences)
 
-    def every_position(self, tokens: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.adapter.last_logits(tokens[:, :i + 1]) for i in range(tokens.shape[1])], dim=1)
+    def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
+        n = tokens.shape[1]
+        return torch.stack([self.adapter.last_logits(tokens[:, :i + 1]) for i in range(n - keep, n)], dim=1)
 
 
 def decoder(adapter: ModelAdapter, capacity: int, cache: bool = True) -> Decoder:
@@ -252,7 +253,7 @@ def continuation_logprobs(adapter: ModelAdapter, tokens: torch.Tensor, continuat
 
     def run(rows: slice) -> tuple[torch.Tensor]:
         sequences = torch.cat([tokens[rows], ys[rows, :-1]], dim=1)
-        logits = decoder(adapter, n + length - 1, cache).every_position(sequences)[:, n - 1:]
+        logits = decoder(adapter, n + length - 1, cache).final_logits(sequences, length)
         return (sampling.log_probs(logits).gather(-1, ys[rows, :, None])[..., 0],)
 
     parts = _chunked(adapter, tokens, run)

@@ -12,6 +12,7 @@ import torch
 from lowprob.core import Budget, run_estimator
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Capabilities, Estimator, EstimatorOutput, Problem, StepContext, StepInfo
+from lowprob.core.fast_forward import FastForward, KVCache
 from lowprob.core.generation import CachedDecoder, RecomputeDecoder, Sampling, continuation_logprobs, decoder, generate
 from lowprob.core.meter import Cost, MeteredModel
 from lowprob.core.model import ModelAdapter
@@ -124,6 +125,23 @@ def test_the_cache_is_used_where_there_is_a_fast_path_and_the_recompute_elsewher
     assert isinstance(decoder(lookup_model(), 3), RecomputeDecoder)
 
 
+def test_self_check_rejects_a_cache_that_does_not_reproduce_the_model() -> None:
+    adapter = tiny_model(d_vocab=8, n_ctx=8, n_layers=2, seed=19)
+    fast = adapter.fast_path
+    assert fast is not None and fast.self_check(adapter.model)
+
+    class StaleCache(FastForward):
+        """Wrong once the cache holds earlier positions: the last-position path alone would still pass."""
+
+        def decode(self, cache: KVCache, tokens: torch.Tensor, keep: int = 1) -> torch.Tensor:
+            return super().decode(cache, tokens, keep) + float(cache.length > tokens.shape[1])
+
+    fast.__class__ = StaleCache
+    assert torch.equal(fast.last_logits(torch.zeros(1, 3, dtype=torch.long)),
+                       FastForward.last_logits(fast, torch.zeros(1, 3, dtype=torch.long)))
+    assert not fast.self_check(adapter.model)
+
+
 def test_cache_select_keeps_the_chosen_sequences() -> None:
     fast = tiny_model(d_vocab=8, n_ctx=8, n_layers=2, seed=13).fast_path
     assert fast is not None
@@ -232,3 +250,17 @@ def test_a_budget_in_model_calls_stops_generation_exactly() -> None:
     assert est.stop_reason == "model_calls"
     assert est.forward_passes == est.samples == 150 and est.model_calls == 150
     assert est.generated_tokens == 4 * 150 and est.positions == 150 * (toy.distribution.length + 3)
+
+
+@pytest.mark.gpu
+def test_generation_on_a_gpu_gives_the_cpu_tokens() -> None:
+    cpu = tiny_model(d_vocab=11, n_ctx=12, n_layers=2, d_model=16, seed=3)
+    gpu = ModelAdapter(cpu.model.to("cuda"), cpu.vocab, cpu.name, device="cuda")
+    assert gpu.fast_path is not None
+    prompts = _prompts(cpu, 32, 4, seed=20)
+    on_gpu = generate(gpu, prompts, 6, Sampling.argmax(), torch.Generator())
+    scored = continuation_logprobs(gpu, prompts, on_gpu.tokens, Sampling.sample())
+    cpu = ModelAdapter(gpu.model.to("cpu"), cpu.vocab, cpu.name)
+    assert torch.equal(on_gpu.tokens.cpu(), generate(cpu, prompts, 6, Sampling.argmax(), torch.Generator()).tokens)
+    reference = continuation_logprobs(cpu, prompts, on_gpu.tokens.cpu(), Sampling.sample())
+    assert (scored.cpu() - reference).abs().max() < TOL
