@@ -5,7 +5,8 @@ throughput of ``--shards`` shards of ``--shard-size`` inputs (sequences per seco
 the per-task overhead: the wall time per task of ``--tiny`` one-input shards on one worker, less the time the
 task itself ran in the worker (sending it, its result back, scheduling). Every executor
 counts the same shard seeds and is checked to give the serial counts. Each worker and the serial run use one
-torch thread, so the ratios say what the workers add, not what intra-op threads do.
+torch thread, so the ratios say what the workers add, not what intra-op threads do. The load average of the
+machine is printed before and after (other jobs on a shared machine move the ratios).
 
     python benchmarks/executors.py                     # lowprob-1l on hex, 2 workers
     python benchmarks/executors.py --workers 8 --shards 64 --kinds processes ray
@@ -14,6 +15,7 @@ torch thread, so the ratios say what the workers add, not what intra-op threads 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -75,7 +77,8 @@ def main() -> None:
         return [ShardTask(model, source, None, source.name, first + i, settings) for i in range(count)]
 
     print(f"torch {torch.__version__}, {args.model}/{args.distribution}, {args.workers} workers of 1 thread, "
-          f"{args.shards} shards of {args.shard_size}, {args.tiny} one-input tasks")
+          f"{args.shards} shards of {args.shard_size}, {args.tiny} one-input tasks, {os.cpu_count()} CPUs, "
+          f"load average {_load()}")
     print("| executor | start-up s | seconds | seq/s | × serial | overhead ms/task |")
     print("| --- | --- | --- | --- | --- | --- |")
     first: tuple[float, np.ndarray] | None = None
@@ -90,6 +93,12 @@ def main() -> None:
         rate = args.shards * args.shard_size / seconds
         print(f"| {kind} | {start_up:.1f} | {seconds:.1f} | {rate:.0f} | {first[0] / seconds:.2f} | "
               f"{(tiny_wall - tiny_busy) / args.tiny * 1e3:.1f} |")
+    print(f"load average {_load()}")
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

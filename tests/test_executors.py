@@ -1,10 +1,12 @@
-"""Executors: ground truth and experiments on local processes and a real local Ray cluster equal the serial run;
-a killed worker's task is rerun and counted once; a stopped run resumes from its file."""
+"""Executors: ground truth, experiments, reproduce and the known-answer bench on local processes and a real local
+Ray cluster equal the serial run; a killed worker's task is rerun and counted once; a stopped run resumes from its
+file."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import os
 import signal
 import sys
@@ -16,8 +18,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_reproduce import CONFIG as REPRODUCE_CONFIG
+from test_reproduce import SPECS as REPRODUCE_SPECS
+from test_reproduce import _ground_truth as exact_ground_truth
 
 import lowprob.ground_truth_tasks as gt_tasks
+from lowprob import reproduce as rp
 from lowprob.api import SpecSource, compile_source, resolve_spec
 from lowprob.cli import main
 from lowprob.core.errors import LowprobError
@@ -194,7 +200,9 @@ def experiment(folder: Path, executor: str = "") -> Experiment:
 
 def comparable(row: ResultRow) -> dict[str, Any]:
     """A row without its timings (seconds, start time): what must equal between executors."""
-    assert row.estimate is not None
+    if row.estimate is None:
+        assert row.error is not None
+        return row.model_dump()
     estimate = row.estimate.model_dump(exclude={"seconds": True, "model_seconds": True, "provenance": {"started_at"}})
     return {**row.model_dump(exclude={"estimate"}), "estimate": estimate}
 
@@ -254,3 +262,63 @@ def test_a_free_worker_gets_more_of_its_own_group_first() -> None:
     assert queue.pop("b")[1] == Job("b", 1) and queue.pop("b")[1] == Job("b", 3)
     queue.put_back(1, Job("b", 1))  # a rerun goes first
     assert queue.pop("a")[1] == Job("a", 2) and queue.pop("a")[1] == Job("b", 1) and not queue
+
+
+def tiny_reproduction(folder: Path, extra: str = "") -> rp.Reproduction:
+    """tests/test_reproduce.py's tiny config (exact ground truth, a tuned method, a method one pair cannot run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    registry = load_registry()
+    for name, text in REPRODUCE_SPECS.items():
+        (folder / f"{name}.lp").write_text(text)
+        exact_ground_truth(registry, name).save(folder / "gt" / "random-1l" / f"{name}.json")
+    (folder / "cfg.toml").write_text(extra + REPRODUCE_CONFIG)
+    return rp.plan(folder / "cfg.toml", registry, output=folder / "out")
+
+
+@pytest.fixture(scope="module")
+def serial_reproduction(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    repro = tiny_reproduction(tmp_path_factory.mktemp("serial-repro"))
+    return {row.key: comparable(row) for _, row in rp.run(repro, load_registry(), repro.selected)}
+
+
+@pytest.mark.parametrize(("executor", "stop"), [("processes", 24), ("ray", 0)], indirect=["executor"])
+def test_reproduce_gives_the_serial_rows_and_resumes(executor: Executor, stop: int, tmp_path: Path,
+                                                     serial_reproduction: dict[str, Any]) -> None:
+    """Stopped after all 23 rows of the first phase and one of the second, the rerun chooses the temperature from
+    the tuning rows in the file. Resuming is the driver's, the same on any executor: shown on processes (a stopped
+    Ray run kills its busy actors, and starting new ones takes long on a 2-core machine)."""
+    repro = tiny_reproduction(tmp_path)
+    tuned = [job for job in repro.all_jobs(repro.selected) if repro.waits_for_tuning(job)]
+    assert len(tuned) == 2 * 3 and len(serial_reproduction) == 26  # itgis's test rows on both pairs; alt's: a marker
+    rows = rp.run(repro, load_registry(), repro.selected, executor=executor)
+    assert len(list(itertools.islice(rows, stop))) == stop
+    rows.close()  # the driver stops
+    assert len(read_results(repro.results_path)) == stop
+    args = ["reproduce", "--config", str(repro.path), "--output", str(repro.output), "--no-progress", "--executor",
+            executor.settings.executor, "--workers", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    rows = read_results(repro.results_path)
+    assert len(repro.results_path.read_text().splitlines()) == len(rows) == 26  # the rerun wrote only the rest
+    assert {row.key: comparable(row) for row in rows} == serial_reproduction
+    assert len({r.temperature for r in rows if r.label == "itgis" and r.phase == "test"}) == 1
+
+
+def test_reproduce_takes_the_executor_keys_from_its_config(tmp_path: Path) -> None:
+    repro = tiny_reproduction(tmp_path, 'executor = "processes"\nworkers = 3\n')
+    assert (repro.config.executor, repro.config.workers) == ("processes", 3)
+    assert repro.config.merged(workers=2).model_dump() == ExecutorSettings(executor="processes", workers=2).model_dump()
+    (tmp_path / "cfg.toml").write_text('executor = "threads"\n' + REPRODUCE_CONFIG)
+    with pytest.raises(LowprobError, match="executor.*'serial', 'processes' or 'ray'"):
+        rp.plan(tmp_path / "cfg.toml", load_registry())
+
+
+def test_bench_on_processes_gives_the_serial_rows(tmp_path: Path) -> None:
+    args = ["bench", "known-answer", "--estimator", "naive", "--estimator", "itgis", "--depth", "5", "--replicates",
+            "2", "--budget-calls", "256", "--budget", "paper", "--temperatures", "0.5,2", "--tuning-replicates", "1"]
+    rows = {}
+    for kind in ("serial", "processes"):
+        result = CliRunner().invoke(main, [*args, "--output", str(tmp_path / kind), "--executor", kind])
+        assert result.exit_code == 0, result.output
+        rows[kind] = {row.key: comparable(row) for row in read_results(tmp_path / kind / "results.jsonl")}
+    assert len(rows["serial"]) >= 2 * 2 * 3 and rows["processes"] == rows["serial"]
