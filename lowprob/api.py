@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from lowprob.plugins.tokenizer_vocabulary import TokenizerVocabulary
 
 CLI_TARGET = "__target"
 """Name given to a target written as an expression (``argmax == "x"``) outside the spec."""
+
+TARGET_EXPRESSION = re.compile(r"\s*(argmax\b|greedy\s*\(|sample\s*\()")
+"""How a target written as an expression starts (anything else is a target name in the spec)."""
 
 ModelLike: TypeAlias = str | ModelAdapter | Any
 """A model as :func:`estimate` takes it: a registered name, a :class:`ModelAdapter`, or a TransformerLens
@@ -104,7 +108,7 @@ def compile_source(registry: Registry, spec: SpecSource, *, model: ModelLike | N
     adapter = as_model(model, registry)
     text, names = spec.text.rstrip() + "\n", {}
     for i, target in enumerate(targets):
-        if target.lstrip().startswith("argmax"):
+        if TARGET_EXPRESSION.match(target):
             names[target] = f"{CLI_TARGET}{i}"
             text += f"target {names[target]} = {target}\n"
     compiled = load_spec(text, adapter.vocab, registry.token_set_resolvers(), max_length=adapter.n_ctx,

@@ -1,4 +1,5 @@
-"""Naive Monte Carlo: sample x ~ D, count hits. Unbiased, with an exact binomial confidence interval."""
+"""Naive Monte Carlo: sample x ~ D (and, for an output event, a continuation of each), count hits. Unbiased, with an
+exact binomial confidence interval."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
+from lowprob.core.output_target import OutputTarget
 from lowprob.core.stats import clopper_pearson, wilson
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -47,7 +49,7 @@ class NaiveMonteCarlo(Estimator[NaiveState]):
 
     name = "naive"
     Options = NaiveOptions
-    capabilities = Capabilities(unbiased=True, has_error_bars=True)
+    capabilities = Capabilities(unbiased=True, has_error_bars=True, output_events=True)
     options: NaiveOptions
 
     def init(self, problem: Problem, generator: torch.Generator) -> NaiveState:
@@ -59,7 +61,7 @@ class NaiveMonteCarlo(Estimator[NaiveState]):
         if n == 0:
             return state, StepInfo(samples=state.samples, done=True)
         tokens = problem.distribution.sample(n, generator)
-        hits = int(problem.target.hits(problem.model.last_logits(tokens)).sum())
+        hits = int(_hits(problem, tokens, generator).sum())
         new = NaiveState(state.hits + hits, state.samples + n)
         value = new.hits / new.samples
         return new, StepInfo(value=value, std_error=_std_error(new), samples=new.samples)
@@ -77,6 +79,15 @@ class NaiveMonteCarlo(Estimator[NaiveState]):
             samples=state.samples,
             diagnostics={"interval": self.options.interval},
         )
+
+
+def _hits(problem: Problem, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Which inputs hit: by their last-position logits, or (an output event) by a continuation generated for each."""
+    event = problem.event
+    if isinstance(event, OutputTarget):
+        continuations = problem.model.generate(tokens, event.length, event.sampling, generator).tokens
+        return event.hits(continuations, problem.model.vocab)
+    return event.hits(problem.model.last_logits(tokens))
 
 
 def _std_error(state: NaiveState) -> float | None:
