@@ -476,8 +476,8 @@ def estimators(show_options: bool) -> None:
     for entry in registry.entries("estimators"):
         cls = entry.obj
         caps = cls.capabilities
-        flags = ", ".join(k for k in ("unbiased", "has_error_bars", "needs_gradients", "needs_factorized")
-                          if getattr(caps, k))
+        flags = ", ".join(k for k in ("unbiased", "has_error_bars", "needs_gradients", "needs_factorized",
+                                      "output_events") if getattr(caps, k))
         click.echo(f"{entry.name}  ({entry.plugin} {entry.version})  [{flags}]")
         doc = (cls.__doc__ or "").strip().splitlines()
         if doc:
