@@ -339,6 +339,9 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None, executor
 
 @main.command(name="reproduce")
 @click.option("--quick", is_flag=True, help="The shipped quick variant (≤ 20 minutes on a 2-core CPU).")
+@click.option("--regime", type=click.Choice(["shipped", "paper"]), default="shipped", show_default=True,
+              help="paper: the paper's bands and unscaled budgets, test targets scored against references "
+                   "(lowprob/data/reproduce-paper.toml, docs/references.md).")
 @click.option("--config", "config_path", type=FilePath(path_type=Path), default=None,
               help="A reproduce config (TOML) instead of the shipped one.")
 @click.option("--output", type=FilePath(file_okay=False, path_type=Path), default=None,
@@ -348,7 +351,7 @@ def run_command(experiment: Path, dry_run: bool, progress: bool | None, executor
 @click.option("--dry-run", is_flag=True, help="Validate and show the plan (bands, budgets, pending rows); run nothing.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar over model calls.")
 @add_executor_options
-def reproduce_command(quick: bool, config_path: Path | None, output: Path | None, only_model: str | None,
+def reproduce_command(quick: bool, regime: str, config_path: Path | None, output: Path | None, only_model: str | None,
                       only_distribution: str | None, dry_run: bool, progress: bool | None,
                       executor: dict[str, Any]) -> None:
     """Run the paper's evaluation protocol: tuned temperatures, every method on seeded targets, loss tables.
@@ -364,8 +367,11 @@ def reproduce_command(quick: bool, config_path: Path | None, output: Path | None
 
     if quick and config_path is not None:
         raise LowprobError("--quick picks the shipped quick config; give it or --config, not both")
+    if regime == "paper" and (quick or config_path is not None):
+        raise LowprobError("--regime paper picks the shipped paper-regime config; give it, --quick or --config")
     registry = _registry()
-    repro = rp.plan(config_path or rp.shipped_config(quick), registry, output, only_model, only_distribution)
+    repro = rp.plan(config_path or rp.shipped_config(quick, paper=regime == "paper"), registry, output, only_model,
+                    only_distribution)
     runner = repro.config.merged(**executor).create()
     pairs = repro.selected
     results = repro.open()

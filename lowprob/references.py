@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 from scipy import stats
 
@@ -30,6 +31,7 @@ from lowprob.core.meter import MeteredModel
 from lowprob.core.target import ArgmaxIs
 from lowprob.engine import Engine, Job
 from lowprob.plugins import Registry
+from lowprob.protocol import Band
 from lowprob.results import ResultRow, ResultsFile, RowSpec, write_atomic
 
 EXPERIMENT = "lowprob-reference/1"
@@ -400,7 +402,22 @@ def merge_files(paths: Sequence[Path | str], output: Path | str) -> int:
     return len(rows)
 
 
-def accepted_values(references: Iterable[Reference], model: str, distribution: str) -> Mapping[int, Reference]:
-    """The accepted references of ``argmax == #id`` targets of one (model, distribution), by token."""
-    return {r.token: r for r in references
-            if r.accepted and r.token is not None and (r.model, r.distribution) == (model, distribution)}
+def reference_files(path: Path | str) -> list[Path]:
+    """A reference file, or every ``*.jsonl`` under a folder (sorted); none for a path that does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(path.rglob("*.jsonl"))
+    return [path] if path.exists() else []
+
+
+def reference_targets(path: Path | str, model: str, distribution: str, distribution_hash: str, band: Band,
+                      n: int, seed: int | Sequence[int]) -> tuple[tuple[int, ...], int, dict[int, float]]:
+    """Test tokens of the paper regime: up to ``n`` accepted references of (model, distribution) whose value lies
+    in ``band``, drawn by a seeded permutation of their sorted ids; also how many qualified and every chosen
+    token's reference value (its ground truth for scoring)."""
+    refs = load_references(reference_files(path))
+    found = {r.token: float(r.value) for r in refs
+             if r.accepted and r.token is not None and r.value is not None and bool(band.contains(r.value))
+             and (r.model, r.distribution, r.distribution_hash) == (model, distribution, distribution_hash)}
+    chosen = np.random.default_rng(seed).permutation(np.array(sorted(found), dtype=np.int64))[:n]
+    return tuple(int(t) for t in chosen), len(found), {int(t): found[int(t)] for t in chosen}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from lowprob.protocol import (
     select_targets,
     temperature_grid,
 )
+from lowprob.references import reference_targets
 from lowprob.report import format_table, write_losses_report
 from lowprob.results import ProtocolTags, ResultRow, RowSpec
 from lowprob.scoring import chosen_temperature
@@ -58,7 +59,7 @@ TUNED_OPTION = "temperature"
 """The option tuned over the temperature grid, for every estimator that has it and does not fix it."""
 CONSTANT_ESTIMATOR = "optimal-constant"
 """The harness-fitted baseline: its ``value`` is the mean ground truth of the tuning tokens."""
-QUICK, FULL = "reproduce-quick.toml", "reproduce.toml"
+QUICK, FULL, PAPER = "reproduce-quick.toml", "reproduce.toml", "reproduce-paper.toml"
 
 
 class TargetRules(StrictModel):
@@ -71,6 +72,8 @@ class TargetRules(StrictModel):
     tuning_decades: float = Field(default=2.0, gt=0, description="width of the tuning band above it (paper: 2)")
     band: tuple[float, float] | None = Field(default=None, description="fixed test band [low, high)")
     tuning_band: tuple[float, float] | None = Field(default=None, description="fixed tuning band [low, high)")
+    references: str | None = Field(default=None, description="reference file or folder (relative to this file): "
+                                   "test tokens are its accepted references in the band (docs/references.md)")
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TargetRules:
@@ -158,9 +161,11 @@ class PairPlan:
     scale: float
     methods: list[MethodPlan]
     skipped: str | None = None
+    truth: dict[int, float] = field(default_factory=dict)
+    """Reference values of test tokens scored against references instead of the ground truth."""
 
     def p(self, token: int) -> float:
-        return self.ground_truth.probability(token)
+        return self.truth[token] if token in self.truth else self.ground_truth.probability(token)
 
     def method(self, label: str) -> MethodPlan:
         return next(m for m in self.methods if m.label == label)
@@ -239,9 +244,10 @@ def _truth(pair: PairPlan, token: int) -> dict[str, Any]:
             "gt_samples": pair.ground_truth.samples}
 
 
-def shipped_config(quick: bool = False) -> Path:
-    """The shipped reproduce config (``--quick``: the variant that fits in 20 minutes on a 2-core CPU)."""
-    return Path(str(resources.files("lowprob").joinpath("data", QUICK if quick else FULL)))
+def shipped_config(quick: bool = False, paper: bool = False) -> Path:
+    """The shipped reproduce config (``--quick``: the variant that fits in 20 minutes on a 2-core CPU; ``paper``:
+    the paper's regime, scored against references)."""
+    return Path(str(resources.files("lowprob").joinpath("data", PAPER if paper else QUICK if quick else FULL)))
 
 
 def read_config(path: Path | str) -> ReproduceConfig:
@@ -309,6 +315,9 @@ def plan(path: Path | str, registry: Registry, output: Path | None = None, only_
     """
     path = Path(path)
     config = read_config(path)
+    if config.targets.references is not None:  # relative to the config file, like ground_truth
+        targets = config.targets.model_copy(update={"references": str(path.parent / config.targets.references)})
+        config = config.model_copy(update={"targets": targets})
     reject_duplicates(path, "methods (by label)", [m.key for m in config.methods])
     reject_duplicates(path, "models", config.models)
     reject_duplicates(path, "distributions", config.distributions)
@@ -359,16 +368,25 @@ def _pair(config: ReproduceConfig, registry: Registry, where: str, model: str, s
     selection = select_targets(gt.counts, gt.samples, test_band, tuning_band, config.targets.n_test,
                                config.targets.n_tuning, _derive_seed("select", config.seed, model, source.name),
                                config.targets.max_rel_error)
+    truth: dict[int, float] = {}
+    if config.targets.references is not None:
+        test, found, truth = reference_targets(config.targets.references, model, source.name, gt.distribution_hash,
+                                               test_band, config.targets.n_test,
+                                               _derive_seed("select-references", config.seed, model, source.name))
+        selection = replace(selection, test=test, test_candidates=found)
     scale = config.budget.scale or max(config.budget.min_scale,
                                        budget_scale(test_band.high, config.budget.paper_band_high))
     for name, tokens, band in (("test", selection.test, test_band), ("tuning", selection.tuning, tuning_band)):
         if not tokens:
             reason = (f"no {name} token has a ground truth in {band.describe()} with at least "
                       f"{min_hits(config.targets.max_rel_error)} hits in {gt.samples} samples")
-            return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, [], reason)
+            if name == "test" and config.targets.references is not None:
+                reason = f"no accepted reference in {band.describe()} under {config.targets.references}"
+            return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, [], reason,
+                            truth)
     methods = _method_plans(config, registry, scale, [gt.probability(t) for t in selection.tuning], where,
                             temperatures[0])
-    return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, methods)
+    return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, methods, truth=truth)
 
 
 def _problem(model: ModelAdapter, distribution: InputDistribution, token: int) -> Problem:

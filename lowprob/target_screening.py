@@ -66,8 +66,9 @@ def candidates(gt: GroundTruth, max_hits: int) -> np.ndarray:
 
 
 def screening_order(gt: GroundTruth, rules: ScreenRules) -> tuple[int, ...]:
-    """The first ``rules.screen`` candidates of a permutation seeded by (seed, model, distribution)."""
-    seed = reference_seed(gt.model, gt.distribution, "screen", "order", rules.screen, rules.seed)
+    """The first ``rules.screen`` candidates of a permutation seeded by (seed, model, distribution) only, so a
+    larger ``screen`` extends a smaller one."""
+    seed = reference_seed(gt.model, gt.distribution, "screen", "order", 0, rules.seed)
     order = np.random.default_rng(seed).permutation(candidates(gt, rules.max_hits))
     return tuple(int(t) for t in order[:rules.screen])
 

@@ -1,0 +1,116 @@
+"""The paper regime (`lowprob reproduce --regime paper`) and target screening: the shipped config plans unscaled
+paper budgets and the paper's bands, scores test tokens against accepted references, and screening is
+deterministic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lowprob.api import compile_source, resolve_spec
+from lowprob.cli import main
+from lowprob.core.budget import Budget
+from lowprob.engine import Engine
+from lowprob.ground_truth import GroundTruth, load_shipped
+from lowprob.plugins import load_registry
+from lowprob.protocol import PAPER_BAND, PAPER_TUNING_BAND
+from lowprob.references import EXPERIMENT, ReferenceMethod, reference_seed
+from lowprob.reproduce import plan, shipped_config
+from lowprob.results import ResultRow, RowSpec
+from lowprob.target_screening import ScreenRules, screen, screening_order
+from tests.made_estimates import made_estimate
+
+
+def _reference_rows(gt: GroundTruth, token: int, values: dict[str, float]) -> list[ResultRow]:
+    rows = []
+    for estimator, value in values.items():
+        target = f"argmax == #{token}"
+        spec = RowSpec(experiment=EXPERIMENT, model=gt.model, distribution=gt.distribution,
+                       distribution_hash=gt.distribution_hash, target=target, estimator=estimator, label=estimator,
+                       budget=Budget(model_calls=1 << 16),
+                       seed=reference_seed(gt.model, gt.distribution, target, estimator, 1 << 16, 0))
+        estimate = made_estimate(value, model_calls=1 << 16).model_copy(update={"std_error": 0.05 * value})
+        rows.append(ResultRow.of(spec, estimate=estimate))
+    return rows
+
+
+@pytest.fixture
+def paper_config(tmp_path: Path) -> tuple[Path, dict[int, float]]:
+    """The shipped paper config next to a reference file: token 5 accepted at 3e-7, token 6 rejected (the runs
+    disagree), token 7 accepted but above the band."""
+    gt = load_shipped("lowprob-1l", "hex")
+    rows = (_reference_rows(gt, 5, {"tsmc": 3.0e-7, "itgis": 3.1e-7}) + _reference_rows(gt, 6, {"tsmc": 1e-7,
+            "itgis": 4e-7}) + _reference_rows(gt, 7, {"tsmc": 2e-5, "itgis": 2e-5}))
+    folder = tmp_path / "references" / "lowprob-1l"
+    folder.mkdir(parents=True)
+    (folder / "hex.jsonl").write_text("".join(json.dumps(r.model_dump(mode="json")) + "\n" for r in rows))
+    config = tmp_path / "paper.toml"
+    config.write_text(shipped_config(paper=True).read_text().replace('["hex", "camel", "colon", "if"]', '["hex"]'))
+    return config, {5: 3.0e-7 * 0.5 + 3.1e-7 * 0.5}
+
+
+def test_paper_regime_plans_unscaled_budgets_paper_bands_and_reference_targets(paper_config) -> None:
+    config, truth = paper_config
+    registry = load_registry()
+    repro = plan(config, registry)
+    (pair,) = repro.pairs
+    assert (pair.test_band.low, pair.test_band.high) == PAPER_BAND
+    assert (pair.tuning_band.low, pair.tuning_band.high) == PAPER_TUNING_BAND
+    assert pair.scale == 1.0 and pair.skipped is None
+    for method in pair.methods:  # no scaling: each estimator's own paper budget, options as configured
+        assert method.budget == registry.estimator(method.estimator).paper_budget()
+    assert {m.label: m.budget.model_calls for m in pair.methods}["mhis"] == 32 * (1 + 2**10 + 2**11)
+    assert {m.label: m.budget.model_calls for m in pair.methods}["tsmc"] == 2**16
+    assert pair.selection.test == (5,) and pair.selection.test_candidates == 1
+    assert pair.p(5) == pytest.approx(next(iter(truth.values())), rel=0.01)
+    gt = pair.ground_truth
+    for token in pair.selection.tuning:  # tuning tokens still come from brute force, with the hit rule
+        assert gt.hits(token) >= 12 and 1e-5 <= gt.probability(token) < 1e-3
+    test_rows = [j for j in repro.jobs(pair) if j.spec.phase == "test"]
+    assert test_rows and all(j.spec.protocol.p_true == pair.p(5) for j in test_rows)
+
+
+def test_paper_regime_dry_run_shows_the_budgets(paper_config) -> None:
+    config, _ = paper_config
+    result = CliRunner().invoke(main, ["reproduce", "--config", str(config), "--dry-run",
+                                       "--output", str(config.parent / "out")])
+    assert result.exit_code == 0, result.output
+    assert "[1e-09, 1e-05)" in result.output and "naive=65536" in result.output and "mhis=98336" in result.output
+    shipped = CliRunner().invoke(main, ["reproduce", "--regime", "paper", "--dry-run", "--output",
+                                        str(config.parent / "out2")])
+    assert shipped.exit_code == 0, shipped.output
+    assert "no accepted reference in [1e-09, 1e-05)" in shipped.output or "naive=65536" in shipped.output
+    both = CliRunner().invoke(main, ["reproduce", "--regime", "paper", "--quick", "--dry-run"])
+    assert both.exit_code == 1 and "--regime paper" in both.output
+
+
+def _planted_ground_truth(source, hits: dict[int, int], samples: int) -> GroundTruth:
+    counts = np.zeros(source.model.d_vocab, dtype=np.int64)
+    for token, k in hits.items():
+        counts[token] = k
+    counts[3] = samples - sum(hits.values())  # MISS: every other input
+    return GroundTruth(source.model.name, "planted-threshold-e3", source.spec.distribution(None).content_hash,
+                       source.model.d_vocab, samples, (0,), counts)
+
+
+def test_screening_is_deterministic_and_keeps_the_tokens_in_band(tmp_path: Path) -> None:
+    registry = load_registry()
+    source = compile_source(registry, resolve_spec("planted-threshold-e3", registry), model="planted-threshold")
+    gt = _planted_ground_truth(source, {2: 3}, 1 << 12)  # HIT (p = 1e-3) seen 3 times: a few-hit candidate
+    rules = ScreenRules(band=(1e-4, 1e-2), screen=30, pilot=ReferenceMethod(estimator="naive"), pilot_calls=8192)
+    order = screening_order(gt, rules)
+    assert order == screening_order(gt, rules) and sorted(order) == [t for t in range(30) if t != 3]
+    assert order != screening_order(gt, rules.model_copy(update={"seed": 1}))
+    first = screen(registry, Engine(tmp_path / "a.jsonl"), source, gt, rules)
+    assert first.kept == (2,) and first.candidates == 29 and first.calls == 29 * 8192
+    again = screen(registry, Engine(tmp_path / "b.jsonl"), source, gt, rules)
+    assert again.pilots == first.pilots and again.kept == first.kept
+    before = (tmp_path / "a.jsonl").read_bytes()
+    assert screen(registry, Engine(tmp_path / "a.jsonl"), source, gt, rules).pilots == first.pilots
+    assert (tmp_path / "a.jsonl").read_bytes() == before  # resumed: no pilot ran twice
+    assert first.choose(1, 0) == (2,) and screen(registry, Engine(tmp_path / "c.jsonl"), source, gt,
+                                                 rules.model_copy(update={"screen": 3})).screened == order[:3]
