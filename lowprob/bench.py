@@ -143,7 +143,8 @@ class TemperatureChoice:
 @dataclass(frozen=True)
 class Selection:
     """What to run: replicates, model calls at the paper's scale, budget modes, the temperature grid and its
-    tuning replicates, estimators (all when empty), depths (all when empty) and estimators left out on purpose."""
+    tuning replicates, estimators (all when empty), depths (all when empty), estimators left out on purpose and
+    families (all when empty)."""
 
     replicates: int
     calls: int = PAPER_MODEL_CALLS
@@ -153,6 +154,7 @@ class Selection:
     estimators: tuple[str, ...] = ()
     exponents: tuple[int, ...] = ()
     skip: tuple[tuple[str, str], ...] = ()
+    families: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.replicates < 1 or self.tuning_replicates < 1:
@@ -165,7 +167,7 @@ class Selection:
     @staticmethod
     def of(quick: bool, replicates: int | None, budget_calls: int | None, estimators: Sequence[str],
            exponents: Sequence[int], budget: str = "both", temperatures: Sequence[float] = (),
-           tuning_replicates: int | None = None) -> Selection:
+           tuning_replicates: int | None = None, families: Sequence[str] = ()) -> Selection:
         """The ``--quick`` subset or the full default, with any explicit choice taking precedence."""
         modes = BUDGET_MODES if budget == "both" else (budget,)
         grid = tuple(sorted(set(temperatures)))
@@ -174,10 +176,10 @@ class Selection:
                              grid or QUICK_TEMPERATURES, tuning_replicates or QUICK_TUNING_REPLICATES,
                              tuple(estimators),
                              tuple(-abs(e) for e in exponents) or tuple(-e for e in QUICK_EXPONENTS),
-                             tuple((k, v) for k, v in QUICK_SKIP.items() if k not in estimators))
+                             tuple((k, v) for k, v in QUICK_SKIP.items() if k not in estimators), tuple(families))
         return Selection(replicates or DEFAULT_REPLICATES, budget_calls or PAPER_MODEL_CALLS, modes,
                          grid or temperature_grid(), tuning_replicates or DEFAULT_TUNING_REPLICATES,
-                         tuple(estimators), tuple(-abs(e) for e in exponents))
+                         tuple(estimators), tuple(-abs(e) for e in exponents), families=tuple(families))
 
     def describe(self) -> str:
         budgets = {PAPER: f"paper (each estimator's paper budget × {self.calls}/2^16)",
@@ -254,23 +256,25 @@ def prepare(registry: Registry, selection: Selection) -> Bench:
     """The test problems at the selected depths, the tuning problems of their families, the selected
     estimators, and the tuning jobs: every tuned estimator × budget × tuning problem × temperature × replicate
     (none when the grid has a single value)."""
-    tests = [a for a in known_answers(registry) if not selection.exponents or exponent(a) in selection.exponents]
+    tests = [a for a in known_answers(registry) if (not selection.exponents or exponent(a) in selection.exponents)
+             and (not selection.families or a.family in selection.families)]
     if not tests:
-        raise LowprobError(f"no known-answer test problems at depths {[f'1e{e}' for e in selection.exponents]}")
-    tuning = [a for a in known_answers(registry, ("tuning",)) if a.family in {t.family for t in tests}]
+        raise LowprobError(f"no known-answer test problems at depths {[f'1e{e}' for e in selection.exponents]}"
+                           + (f" in families {list(selection.families)}" if selection.families else ""))
     names, skipped = runnable_estimators(registry, selection.estimators, dict(selection.skip))
     if not names:
         raise LowprobError("no estimator left to run")
+    tuned = [n for n in names if TUNED_OPTION in registry.estimator(n).Options.model_fields]
+    tuning = [a for a in known_answers(registry, ("tuning",))
+              if tuned and len(selection.temperatures) > 1 and a.family in {t.family for t in tests}]
     problems = {(a.model, a.spec, a.target): compile_problem(registry, resolve_spec(a.spec, registry), model=a.model,
                                                              target=a.target) for a in [*tests, *tuning]}
     budgets = {(n, m): budget_for(registry, n, m, selection.calls) for n in names for m in selection.modes}
-    tuned = [n for n in names if TUNED_OPTION in registry.estimator(n).Options.model_fields]
     bench = Bench(selection, tests, tuning, problems, names, tuned, budgets, [], {}, skipped)
-    grid = selection.temperatures if len(selection.temperatures) > 1 else ()
     for name in tuned:
         for mode in selection.modes:
             for answer in tuning:
-                for temp in grid:
+                for temp in selection.temperatures:
                     tags = ProtocolTags(phase="tune", temperature=temp, p_true=answer.exact_p)
                     for seed in range(selection.tuning_replicates):
                         job = bench._job(answer, name, mode, seed, temp, tags)

@@ -749,6 +749,8 @@ def bench() -> None:
 @click.option("--estimator", "estimators", multiple=True, help="Only this estimator (repeatable).")
 @click.option("--depth", "depths", type=click.IntRange(1, 300), multiple=True,
               help="Only this depth, as an exponent: 9 for 1e-9 (repeatable).")
+@click.option("--family", "families", multiple=True,
+              help="Only this planted family, e.g. threshold (repeatable; --list shows them).")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-known-answer"),
               show_default=True, help="Folder for results.jsonl, summary.md and summary.json.")
 @click.option("--list", "list_only", is_flag=True, help="List the problems and their exact values; run nothing.")
@@ -757,7 +759,7 @@ def bench() -> None:
 @add_executor_options
 def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | None, budget_mode: str,
                        temperatures: str | None, tuning_replicates: int | None, estimators: tuple[str, ...],
-                       depths: tuple[int, ...], output: Path, list_only: bool, threads: int,
+                       depths: tuple[int, ...], families: tuple[str, ...], output: Path, list_only: bool, threads: int,
                        executor: dict[str, Any]) -> None:
     """Run every registered estimator on every planted problem with an exact answer (docs/known-answer.md).
 
@@ -772,10 +774,11 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
     torch.set_num_threads(threads)
     registry = _registry()
     selection = known.Selection.of(quick, replicates, budget_calls, estimators, depths, budget_mode,
-                                   known.parse_temperatures(temperatures), tuning_replicates)
+                                   known.parse_temperatures(temperatures), tuning_replicates, families)
     if list_only:
         answers = [a for a in known.known_answers(registry, ("test", "tuning", "calibration"))
-                   if not selection.exponents or known.exponent(a) in selection.exponents]
+                   if (not selection.exponents or known.exponent(a) in selection.exponents)
+                   and (not families or a.family in families)]
         click.echo(format_table(("model", "spec", "family", "role", "exact p", "log10 p"),
                                 [[a.model, a.spec, a.family, a.role, f"{a.exact_p:.12e}", f"{a.exact.log10:.4f}"]
                                  for a in answers]))

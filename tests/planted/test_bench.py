@@ -1,4 +1,5 @@
-"""lowprob bench known-answer: the score arithmetic on hand-computed rows, and a tiny run end to end."""
+"""lowprob bench known-answer: the score arithmetic, the budgets and the temperature choice on hand-computed rows,
+and tiny runs end to end."""
 
 from __future__ import annotations
 
@@ -10,12 +11,25 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from lowprob.bench import summarize
+from lowprob.bench import (
+    FLOP_FAIR,
+    PAPER,
+    Case,
+    Selection,
+    budget_for,
+    choose_temperatures,
+    parse_temperatures,
+    prepare,
+    summarize,
+)
 from lowprob.cli import main
 from lowprob.core.budget import Budget
+from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval, Estimate
 from lowprob.core.exact import CountRule, ExactProbability, KnownAnswer, TokenClass
 from lowprob.core.stats import clopper_pearson
+from lowprob.plugins import Registry, load_registry
+from lowprob.protocol import TuningScore
 from lowprob.results import ResultRow, RowSpec, read_results
 
 RULE = CountRule((TokenClass("S", frozenset({4})),), (1,), lambda c: c[0] >= 1, "one 'a'")
@@ -26,10 +40,16 @@ def _answer(exponent: int) -> KnownAnswer:
                        ExactProbability(Fraction(1, 10**exponent)), RULE)
 
 
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return load_registry(entry_points=False)
+
+
 def _row(estimator: str, spec: str, seed: int, value: float | None, std_error: float | None = None,
-         ci: tuple[float, float] | None = None, seconds: float = 1.0, calls: float = 100) -> ResultRow:
+         ci: tuple[float, float] | None = None, seconds: float = 1.0, calls: float = 100,
+         backward_weight: float = 0.0) -> ResultRow:
     row = RowSpec(model="m", distribution=spec, distribution_hash="h", target="hit", estimator=estimator,
-                  label=estimator, budget=Budget(model_calls=100), seed=seed)
+                  label=estimator, budget=Budget(model_calls=100, backward_weight=backward_weight), seed=seed)
     if value is None:
         return ResultRow.of(row, error="BudgetError: too small")
     estimate = Estimate(value=value, log10_value=Estimate.log10(value), std_error=std_error,
@@ -48,8 +68,8 @@ def test_scores_equal_hand_computed_values() -> None:
             _row("x", deep.spec, 2, 0.0, None, (0.0, 3e-6), seconds=2.0), _row("x", deep.spec, 3, None),
             _row("x", shallow.spec, 0, 2e-3), _row("x", shallow.spec, 1, 5e-4),
             _row("naive", deep.spec, 0, 1e-6, seconds=1.0, calls=50)]
-    answers = {r.key: (deep if r.distribution == deep.spec else shallow) for r in rows}
-    by = {(s.estimator, s.exponent): s for s in summarize(rows, answers)}
+    cases = {r.key: Case(deep if r.distribution == deep.spec else shallow, PAPER) for r in rows}
+    by = {(s.estimator, s.exponent): s for s in summarize(rows, cases)}
     x = by[("x", -6)]
     assert (x.rows, x.errors, x.with_interval) == (4, 1, 3)
     assert x.is_loss == math.inf
@@ -62,7 +82,8 @@ def test_scores_equal_hand_computed_values() -> None:
     assert x.seconds == pytest.approx(4 / 3) and x.model_calls == pytest.approx(100)
     assert x.calls_per_second_vs_naive == pytest.approx((300 / 4) / 50)
     assert x.first_error == "BudgetError: too small"
-    assert x.family is None and x.is_loss_fit is not None and math.isfinite(x.is_loss_fit)  # the zero gets a floor
+    assert x.budget == PAPER and x.family is None
+    assert x.is_loss_fit is not None and math.isfinite(x.is_loss_fit)  # the zero gets a floor
     y = by[("x", -3)]
     assert y.is_loss == pytest.approx(((0.5 - math.log(0.5) - 1) + (2 - math.log(2) - 1)) / 2)
     assert y.coverage is None and y.zero_rate == 0
@@ -72,12 +93,102 @@ def test_per_family_lines_split_a_depth() -> None:
     deep = _answer(6)
     other = KnownAnswer("m2", "other-e6", "hit", "needle", 1e-6, "test", deep.exact, RULE)
     rows = [_row("x", deep.spec, 0, 1e-6), _row("x", other.spec, 0, 4e-6)]
-    answers = {rows[0].key: deep, rows[1].key: other}
-    (pooled,) = summarize(rows, answers)
+    cases = {rows[0].key: Case(deep, PAPER), rows[1].key: Case(other, PAPER)}
+    (pooled,) = summarize(rows, cases)
     assert pooled.rows == 2 and pooled.rel_rmse == pytest.approx(math.sqrt(9 / 2))
-    split = summarize(rows, answers, by_family=True)
+    split = summarize(rows, cases, by_family=True)
     assert [(s.family, s.rows, s.rel_rmse) for s in split] == [("needle", 1, pytest.approx(3.0)),
                                                                 ("threshold", 1, 0.0)]
+
+
+def test_budgets_are_separate_sections_with_their_own_naive_speed() -> None:
+    """The same estimator under both budgets: two lines, the paper one first; speed is relative to naive under the
+    same budget (naive at 100 calls/s on paper, 25 on flop-fair; x at 50 on both)."""
+    deep = _answer(6)
+    rows = [_row("x", deep.spec, 0, 1e-6, seconds=2.0), _row("x", deep.spec, 0, 4e-6, seconds=2.0, backward_weight=2),
+            _row("naive", deep.spec, 0, 1e-6), _row("naive", deep.spec, 0, 1e-6, seconds=4.0, backward_weight=2)]
+    cases = {r.key: Case(deep, PAPER if r.budget.backward_weight == 0 else FLOP_FAIR) for r in rows}
+    lines = [s for s in summarize(rows, cases) if s.estimator == "x"]
+    assert [(s.budget, s.rel_rmse) for s in lines] == [(PAPER, 0.0), (FLOP_FAIR, pytest.approx(3.0))]
+    assert [s.calls_per_second_vs_naive for s in lines] == [pytest.approx(0.5), pytest.approx(2.0)]
+
+
+def test_paper_and_flop_fair_budgets(registry: Registry) -> None:
+    """Paper: each estimator's own paper budget (MHIS 98 336 calls), scaled; FLOP-fair: the same calls for every
+    estimator with a backward pass at 2 forwards."""
+    assert budget_for(registry, "naive", PAPER) == Budget(model_calls=65536, backward_weight=0.0)
+    assert budget_for(registry, "mhis", PAPER) == Budget(model_calls=98336, backward_weight=0.0)
+    assert budget_for(registry, "mhis", PAPER, 4096) == Budget(model_calls=6146, backward_weight=0.0)
+    for name in ("naive", "itgis", "mhis"):
+        assert budget_for(registry, name, FLOP_FAIR, 4096) == Budget(model_calls=4096, backward_weight=2.0)
+    with pytest.raises(LowprobError, match="unknown budget"):
+        budget_for(registry, "naive", "cheap")
+
+
+def test_flop_fair_budget_holds_at_the_meter(registry: Registry) -> None:
+    """ITGIS takes a backward pass per sample: on paper it gets all the forwards, FLOP-fair a third of them."""
+    from lowprob.api import compile_problem, resolve_spec, run_problem
+
+    problem = compile_problem(registry, resolve_spec("planted-threshold-e5", registry), model="planted-threshold",
+                              target="hit")
+    paper = run_problem(registry, problem, "itgis", {"batch_size": 64}, budget_for(registry, "itgis", PAPER, 768), 0)
+    fair = run_problem(registry, problem, "itgis", {"batch_size": 64}, budget_for(registry, "itgis", FLOP_FAIR, 768),
+                       0)
+    assert paper.forward_passes == 768 and paper.backward_passes > 0
+    assert fair.forward_passes + 2 * fair.backward_passes <= 768 and fair.forward_passes >= 768 // 3 - 64
+
+
+def _tuning_row(job_spec: RowSpec, value: float | None) -> ResultRow:
+    row = _row(job_spec.estimator, job_spec.distribution, job_spec.seed or 0, value)
+    return ResultRow.of(job_spec, error="BudgetError: x") if value is None else ResultRow.of(
+        job_spec, estimate=row.estimate)
+
+
+def test_temperature_is_chosen_by_the_protocol_rule_on_tuning_rows(registry: Registry) -> None:
+    """threshold: 0.5 has a zero (1 failure), 1 is 2× off on both (loss 0.5 + ln 2 - 1 each), 2 is exact → 2;
+    needle: no rows (every run a failure) → the tie goes to 1; two-modes: 0.5 and 2 exact, 1 an error → the tie
+    between 0.5 and 2 (equally far from 1) goes to the lower."""
+    selection = Selection(replicates=1, modes=(PAPER,), temperatures=(0.5, 1.0, 2.0), tuning_replicates=1,
+                          estimators=("itgis", "naive"), exponents=(-5,))
+    bench = prepare(registry, selection)
+    assert bench.tuned == ["itgis"] and len(bench.tuning_jobs) == 3 * 2 * 3  # families × tuning problems × grid
+    assert {bench.tuning_cases[j.key].answer.role for j in bench.tuning_jobs} == {"tuning"}
+    rows = {}
+    for job in bench.tuning_jobs:
+        answer, temp = bench.tuning_cases[job.key].answer, job.spec.options["temperature"]
+        if answer.family == "threshold":
+            value = 2 * answer.exact_p if temp == 1.0 else (0.0 if temp == 0.5 and answer.depth < 1e-8
+                                                               else answer.exact_p)
+        elif answer.family == "two-modes":
+            value = None if temp == 1.0 else answer.exact_p
+        else:
+            continue
+        rows[job.key] = _tuning_row(job.spec, value)
+    choices = choose_temperatures(bench, rows)
+    half = 0.5 + math.log(2) - 1
+    threshold = choices[("itgis", "threshold", PAPER)]
+    assert threshold.temperature == 2.0 and threshold.runs == 2
+    assert threshold.scores == {0.5: TuningScore(1, 0.0), 1.0: TuningScore(0, pytest.approx(half)),
+                                2.0: TuningScore(0, 0.0)}
+    assert choices[("itgis", "needle", PAPER)].temperature == 1.0
+    assert choices[("itgis", "two-modes", PAPER)].temperature == 0.5
+    tests = [job for job, _ in bench.test_jobs(choices).values()]
+    by = {(j.spec.estimator, j.spec.distribution): j.spec for j in tests}
+    itgis = by[("itgis", "planted-threshold-e5")]
+    assert itgis.options == {"temperature": 2.0} and itgis.protocol is not None
+    assert (itgis.protocol.phase, itgis.protocol.tuning_grid) == ("test", (0.5, 1.0, 2.0))
+    assert by[("itgis", "planted-needle-e5")].options == {"temperature": 1.0}
+    naive = by[("naive", "planted-needle-e5")]
+    assert naive.options == {} and naive.protocol is None  # untuned rows keep the keys they had before tuning
+    assert {j.spec.distribution for j in tests} == {"planted-threshold-e5", "planted-two-modes-e5",
+                                                    "planted-needle-e5"}
+
+
+def test_temperature_grid_parsing() -> None:
+    assert parse_temperatures("0.5,1,2") == (0.5, 1.0, 2.0) and parse_temperatures(None) == ()
+    for bad in ("0.5,x", "1,-2", "inf"):
+        with pytest.raises(LowprobError, match="--temperatures"):
+            parse_temperatures(bad)
 
 
 def test_rows_of_other_runs_are_ignored() -> None:
@@ -87,7 +198,7 @@ def test_rows_of_other_runs_are_ignored() -> None:
 
 def test_tiny_bench_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     args = ["bench", "known-answer", "--quick", "--estimator", "naive", "--replicates", "1", "--budget-calls",
-            "256", "--depth", "5", "--output", str(tmp_path)]
+            "256", "--depth", "5", "--budget", "paper", "--output", str(tmp_path)]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     assert "naive" in first.output and "1e-5" in first.output
@@ -95,13 +206,43 @@ def test_tiny_bench_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert len(rows) == 3 and {r.distribution for r in rows} == {"planted-threshold-e5", "planted-two-modes-e5",
                                                                    "planted-needle-e5"}
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [(s["estimator"], s["family"]) for s in summary["summaries"]] == [
-        ("naive", None), ("naive", "needle"), ("naive", "threshold"), ("naive", "two-modes")]
-    assert "## Scores per estimator and depth" in (tmp_path / "summary.md").read_text()
-    assert (tmp_path / "estimates-needle.png").stat().st_size > 0 and (tmp_path / "coverage.svg").is_file()
+    assert [(s["estimator"], s["budget"], s["family"]) for s in summary["summaries"]] == [
+        ("naive", "paper", None), ("naive", "paper", "needle"), ("naive", "paper", "threshold"),
+        ("naive", "paper", "two-modes")]
+    assert summary["temperatures"] == []
+    assert "### Scores per estimator and depth" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "estimates-paper-needle.png").stat().st_size > 0
+    assert (tmp_path / "coverage-paper.svg").is_file()
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "0 new estimates" in again.output
     assert len(read_results(tmp_path / "results.jsonl")) == 3
+
+
+def test_tiny_tuned_bench_under_both_budgets_resumes(tmp_path: Path) -> None:
+    """ITGIS tunes two temperatures on the threshold family's two tuning problems under both budgets, then runs
+    the test problem at its choices; a rerun computes nothing."""
+    args = ["bench", "known-answer", "--quick", "--estimator", "itgis", "--replicates", "1", "--budget-calls", "128",
+            "--depth", "5", "--family", "threshold", "--temperatures", "0.5,2", "--output", str(tmp_path)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert "Paper budget:" in first.output and "FLOP-fair budget:" in first.output
+    rows = read_results(tmp_path / "results.jsonl")
+    tune = [r for r in rows if r.phase == "tune"]
+    test = [r for r in rows if r.phase == "test"]
+    assert len(tune) == 2 * 2 * 2 and len(test) == 1 * 2
+    assert {r.distribution for r in tune} == {"planted-threshold-e6", "planted-threshold-e10"}
+    assert {r.distribution for r in tune}.isdisjoint(r.distribution for r in test)
+    assert {r.budget.backward_weight for r in test} == {0.0, 2.0}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    chosen = {(c["budget"], c["family"]): c["temperature"] for c in summary["temperatures"]}
+    assert len(chosen) == 2 and set(chosen.values()) <= {0.5, 2.0}
+    for row in test:
+        family = row.distribution.removeprefix("planted-").removesuffix("-e5")
+        mode = "paper" if row.budget.backward_weight == 0 else "flop-fair"
+        assert row.options == {"temperature": chosen[(mode, family)]}
+    assert "## Temperatures chosen on the tuning problems" in (tmp_path / "summary.md").read_text()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "0 new estimates" in again.output
 
 
 def test_list_shows_every_problem_with_its_exact_value() -> None:
