@@ -28,6 +28,7 @@ from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Estimator, Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
+from lowprob.core.output_target import Event
 from lowprob.core.random import EnumerationError, Enumerator, Expectation, expectation
 from lowprob.core.runner import run_estimator
 from lowprob.core.target import ArgmaxIs, Target
@@ -109,7 +110,7 @@ class ToyProblem:
 
     model: ModelAdapter
     distribution: InputDistribution
-    target: Target
+    target: Event
     exact: float
 
     def problem(self) -> Problem:
