@@ -66,11 +66,15 @@ def candidates(gt: GroundTruth, max_hits: int) -> np.ndarray:
 
 
 def screening_order(gt: GroundTruth, rules: ScreenRules) -> tuple[int, ...]:
-    """The first ``rules.screen`` candidates of a permutation seeded by (seed, model, distribution) only, so a
-    larger ``screen`` extends a smaller one."""
-    seed = reference_seed(gt.model, gt.distribution, "screen", "order", 0, rules.seed)
-    order = np.random.default_rng(seed).permutation(candidates(gt, rules.max_hits))
-    return tuple(int(t) for t in order[:rules.screen])
+    """The first ``rules.screen`` candidates: the few-hit tokens, then the never-seen ones (most of which no input
+    makes the argmax), each in a permutation seeded by (seed, model, distribution) only, so a larger ``screen``
+    extends a smaller one."""
+    few = np.flatnonzero((gt.counts > 0) & (gt.counts <= rules.max_hits))
+    order: list[int] = []
+    for tier, ids in (("few", few), ("never", np.flatnonzero(gt.counts == 0))):
+        seed = reference_seed(gt.model, gt.distribution, "screen", f"order/{tier}", 0, rules.seed)
+        order.extend(int(t) for t in np.random.default_rng(seed).permutation(ids))
+    return tuple(order[:rules.screen])
 
 
 def screen(registry: Registry, engine: Engine, source: CompiledSource, gt: GroundTruth, rules: ScreenRules,

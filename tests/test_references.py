@@ -7,12 +7,17 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from lowprob.api import compile_source, resolve_spec
 from lowprob.bench import known_answers
+from lowprob.cli import main
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError
 from lowprob.engine import Engine
+from lowprob.ground_truth import GroundTruth
 from lowprob.plugins import load_registry
 from lowprob.references import (
     EXPERIMENT,
@@ -31,6 +36,7 @@ from lowprob.references import (
     reference_seed,
 )
 from lowprob.results import ResultRow, ResultsFile, RowSpec
+from lowprob.target_screening import brute_force_tokens, cross_check
 from tests.made_estimates import made_estimate
 
 RULES = ReferenceRules()
@@ -174,3 +180,42 @@ def test_reading_refuses_foreign_rows_with_file_and_line(tmp_path: Path) -> None
     path.write_text(json.dumps(good.model_dump(mode="json")) + "\nnot json\n")
     with pytest.raises(LowprobError, match=rf"{path}:2: not a JSON line"):
         read_rounds(path)
+
+
+def test_cross_check_reports_agreement_and_coverage_against_brute_force(planted, tmp_path: Path) -> None:
+    registry, _, exact = planted
+    source = compile_source(registry, resolve_spec("planted-threshold-e3", registry), model="planted-threshold")
+    runner = ReferenceRunner(registry, Engine(tmp_path / "r.jsonl"), METHODS, PLANTED_RULES)
+
+    def truth(p: float) -> GroundTruth:  # a brute force of 2^20 inputs that saw HIT (id 2) at rate p
+        counts = np.zeros(source.model.d_vocab, dtype=np.int64)
+        counts[2] = round(p * (1 << 20))
+        counts[3] = (1 << 20) - counts[2]
+        return GroundTruth("planted-threshold", "planted-threshold-e3", source.spec.distribution(None).content_hash,
+                           source.model.d_vocab, 1 << 20, (0,), counts)
+
+    right = cross_check(runner, source, truth(exact), [2])
+    assert right.accepted == 1 and right.agreement_rate == 1.0 and right.coverage == 1.0
+    wrong = cross_check(runner, source, truth(10 * exact), [2])  # the same rounds, a ground truth 10x off
+    assert wrong.accepted == 1 and wrong.agreement_rate == 0.0 and wrong.coverage == 0.0
+    assert sorted(brute_force_tokens(truth(exact), 5, 0)) == [2, 3]  # both have at least 12 hits
+
+
+def test_cli_runs_shows_and_refuses(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    args = ["reference", "run", "planted-threshold", "planted-threshold-e3", "--target", "hit", "--method", "naive",
+            "--method", "itgis", "--round-calls", "2048", "--max-calls", "2^15", "--target-rel-error", "0.25",
+            "--output", str(out)]
+    ran = CliRunner().invoke(main, args)
+    assert ran.exit_code == 0, ran.output
+    assert "accepted" in ran.output and "naive" in ran.output
+    shown = CliRunner().invoke(main, ["reference", "show", str(out), "--json", str(tmp_path / "v.json")])
+    assert shown.exit_code == 0 and "1 accepted" in shown.output
+    (verdict,) = json.loads((tmp_path / "v.json").read_text())
+    assert verdict["status"] == "accepted" and {r["label"] for r in verdict["runs"]} == {"naive", "itgis"}
+    biased = CliRunner().invoke(main, [*args[:7], "qld", *args[8:]])
+    assert biased.exit_code == 1 and "not unbiased" in biased.output
+    bad_option = CliRunner().invoke(main, [*args, "-o", "tsmc.particles=3"])
+    assert bad_option.exit_code == 1 and "METHOD.key=value" in bad_option.output
+    nothing = CliRunner().invoke(main, args[:4] + ["--output", str(out)])
+    assert nothing.exit_code == 1 and "--token or --target" in nothing.output

@@ -104,6 +104,7 @@ def test_screening_is_deterministic_and_keeps_the_tokens_in_band(tmp_path: Path)
     rules = ScreenRules(band=(1e-4, 1e-2), screen=30, pilot=ReferenceMethod(estimator="naive"), pilot_calls=8192)
     order = screening_order(gt, rules)
     assert order == screening_order(gt, rules) and sorted(order) == [t for t in range(30) if t != 3]
+    assert order[0] == 2  # few-hit tokens are screened before never-seen ones
     assert order != screening_order(gt, rules.model_copy(update={"seed": 1}))
     first = screen(registry, Engine(tmp_path / "a.jsonl"), source, gt, rules)
     assert first.kept == (2,) and first.candidates == 29 and first.calls == 29 * 8192
