@@ -174,7 +174,8 @@ class _Compiler:
         ``argmax == "t"`` and ``argmax in S``, which every estimator supports."""
         run = test.continuation
         length = run.length
-        self._check_length(length + 1, run, f"{_spell(run)} with one input token before it")
+        self._check_length(length + 1, run, f"{_spell(run)} with one input token before it",
+                           "the input and the generated tokens must fit in it together")
         self.generated.append((run, length))
         options = {o.name: o.value for o in run.options}
         sampling = (Sampling.argmax() if run.mode == "greedy"
@@ -230,7 +231,7 @@ class _Compiler:
         for run, length in self.generated:
             self._check_length(dist.length + length, run,
                                f"dist {name!r} ({dist.length} tokens) followed by the {length} tokens {_spell(run)} "
-                               "generates")
+                               "generates", "the input and the generated tokens must fit in it together")
 
     # ---- name resolution
 
@@ -384,14 +385,16 @@ class _Compiler:
                 return Block.position(Categorical.uniform(tokens.ids))
             return Block.position(Categorical.from_weights(tokens.ids, tokens.weights))
 
-    def _check_length(self, length: int, node: s.Node, what: str) -> None:
+    def _check_length(self, length: int, node: s.Node, what: str, why: str | None = None) -> None:
+        """An error at ``node`` when ``what`` (``length`` tokens) is longer than the maximum length; ``why``
+        adds to the hint."""
         limit = LENGTH_CAP if self.max_length is None else self.max_length
         if length > limit:
             hint = (
                 "max_length is the model's context size"
                 if self.max_length is not None
                 else f"without max_length, dists are limited to {LENGTH_CAP} tokens"
-            )
+            ) + (f"; {why}" if why else "")
             raise self.source.error(node, f"{what} is {length} tokens long, more than the maximum length {limit}", hint)
 
 

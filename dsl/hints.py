@@ -25,6 +25,10 @@ WHERE_THEN_SET_OP = (
 FILTER_SYNTAX = (
     'a filter is len OP N, startswith "s", endswith "s" or matches /re/, combined with and, or, not and parentheses'
 )
+OUTPUT_TEST = ('an output event tests the continuation with == "text", startswith "text", contains "text", '
+               'contains SET or matches /re/')
+GREEDY_OPTIONS = "greedy(L) takes only the length; sampling options go in sample(L, temperature=T, top_k=K)"
+OUTPUT_EQUALS_SET = "'==' compares the whole continuation with a text; to test for tokens of a set write: contains SET"
 BARE_TOKEN_IN_SET = 'write explicit tokens in braces, as in: {"He", 17}'
 SET_IN_DIST = 'a token set as one position of a dist goes in brackets, as in: [{"He", "She"}]'
 
@@ -42,6 +46,10 @@ COMMON_MISTAKES: dict[str, list[str]] = {
         "tokens t = a where len > 1 & b",
         "tokens t = a where len > 1 - b",
     ],
+    OUTPUT_TEST: ['target t = sample(8) in {"a"}', 'target t = sample(8) contain "a"',
+                  'target t = greedy(2) endswith "a"'],
+    GREEDY_OPTIONS: ["target t = greedy(4, temperature=0.5)"],
+    OUTPUT_EQUALS_SET: ["target t = greedy(4) == a", 'target t = sample(4) == {"a"}', "target t = greedy(4) == /a/"],
     FILTER_SYNTAX: [
         "tokens t = a where b",
         "tokens t = a where len 2",
