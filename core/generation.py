@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 import torch
 
@@ -31,7 +31,8 @@ from lowprob.core.fast_forward import FastForward, KVCache
 from lowprob.core.model import ModelAdapter
 from lowprob.core.random import Enumerator, categorical
 
-Generator = torch.Generator | Enumerator
+RandomSource: TypeAlias = torch.Generator | Enumerator
+"""Where draws come from: a seeded ``torch.Generator``, or the conformance kit's enumerator."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Sampling:
             scaled = scaled.masked_fill(scaled < kth, -math.inf)
         return torch.log_softmax(scaled, dim=-1)
 
-    def choose(self, logits: torch.Tensor, generator: Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def choose(self, logits: torch.Tensor, generator: RandomSource) -> tuple[torch.Tensor, torch.Tensor]:
         """The next token of each row of ``logits [B, d_vocab]`` and its log-probability, ``([B], [B])``."""
         if self.greedy:
             return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
@@ -205,7 +206,7 @@ def _chunked(adapter: ModelAdapter, tokens: torch.Tensor,
 
 
 @torch.no_grad()
-def generate(adapter: ModelAdapter, tokens: torch.Tensor, steps: int, sampling: Sampling, generator: Generator,
+def generate(adapter: ModelAdapter, tokens: torch.Tensor, steps: int, sampling: Sampling, generator: RandomSource,
              cache: bool = True) -> Generation:
     """``steps`` tokens after each prompt of ``tokens [B, n]`` (see the module docstring); ``cache=False``
     forces the full recompute."""

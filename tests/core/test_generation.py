@@ -78,7 +78,7 @@ def test_sampling_draws_each_continuation_with_its_reported_probability(sampling
         prompt = torch.tensor([[1, 3]])
         seen: dict[tuple[int, ...], float] = {}
 
-        def run(enumerator, adapter=adapter, prompt=prompt, seen=seen):  # type: ignore[no-untyped-def]
+        def run(enumerator, adapter=adapter, prompt=prompt, seen=seen):
             out = generate(adapter, prompt, 2, sampling, enumerator)
             seen[tuple(out.tokens[0].tolist())] = out.logprob.exp().item()
             assert math.isclose(enumerator.probability, seen[tuple(out.tokens[0].tolist())], rel_tol=1e-4)
