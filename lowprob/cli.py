@@ -549,19 +549,30 @@ def ground_truth() -> None:
               help="Unembedding precision; counts stay the float32 ones (rows the error bound cannot certify are "
                    "recomputed in float32). Faster on GPUs; tf32 is CUDA only.")
 @click.option("--output", type=FilePath(path_type=Path), required=True, help="Ground-truth file (resumed if there).")
+@click.option("--target", default=None,
+              help="Count the hits of this output event (a spec target name or an expression such as "
+                   "'sample(8) contains \" the\"') by generating a continuation per input, instead of argmax tokens.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on in a terminal, off in CI).")
 @click.option("--dry-run", is_flag=True, help="Validate everything and show what would be counted; count nothing.")
 @add_executor_options
 def ground_truth_run(spec: str, model: str | None, distribution: str | None, samples: int, shard_size: int,
                      first_seed: int, reservoir: int, reservoir_max_p: float, batch_size: int, device: str | None,
-                     precision: str, output: Path, progress: bool | None, dry_run: bool,
+                     precision: str, output: Path, target: str | None, progress: bool | None, dry_run: bool,
                      executor: dict[str, Any]) -> None:
-    """Count argmax tokens of SPEC's inputs (a registered distribution, a spec file or DSL text).
+    """Count argmax tokens of SPEC's inputs (a registered distribution, a spec file or DSL text), or with
+    --target the hits of an output event.
 
     \b
     Example:
       lowprob ground-truth run caps --model lowprob-1l --samples 2^20 --output gt/lowprob-1l/caps.json
+      lowprob ground-truth run english --target 'sample(2) == " of the"' --samples 2^16 --shard-size 2^12 \\
+        --output gt/of-the.json
     """
+    if target is not None:
+        _output_ground_truth(spec, model, distribution, target, output, samples=samples, shard_size=shard_size,
+                             first_seed=first_seed, reservoir_size=reservoir, batch_size=batch_size,
+                             progress=progress, dry_run=dry_run, executor=executor)
+        return
     from lowprob.core.model import ModelAdapter
     from lowprob.ground_truth import check_run, pending_seeds
     from lowprob.ground_truth_tasks import ShardSettings, count_ground_truth
@@ -591,19 +602,56 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
     _show_ground_truth(total, output)
 
 
+def _output_ground_truth(spec: str, model: str | None, distribution: str | None, target: str, output: Path, *,
+                         samples: int, shard_size: int, first_seed: int, reservoir_size: int, batch_size: int,
+                         progress: bool | None, dry_run: bool, executor: dict[str, Any]) -> None:
+    """``ground-truth run --target``: count an output event's hits by brute-force generation (serially)."""
+    from lowprob.core.output_target import OutputTarget
+    from lowprob.output_ground_truth import run_output_ground_truth
+
+    if not ExecutorSettings().merged(**executor).create().in_process:
+        raise LowprobError("output-event ground truths are counted in this process only; drop --executor (run "
+                           "disjoint --first-seed ranges on several machines and merge the files)")
+    registry = _registry()
+    source = resolve_spec(spec, registry)
+    compiled = compile_source(registry, source, model=model, targets=[target])
+    event = compiled.spec.target(compiled.target_names.get(target, target))
+    if not isinstance(event, OutputTarget):
+        raise LowprobError(f"--target {target!r} is a next-token target ({event.describe()}); argmax ground truths "
+                           "count every token at once: run without --target")
+    dist = compiled.spec.distribution(distribution)
+    name = source.name if distribution is None else distribution
+    if dry_run:
+        click.echo(f"{output}: {compiled.model.name} on {name} (hash {dist.content_hash}), {event.describe()}: "
+                   f"{samples // shard_size} shards of {shard_size} wanted")
+        return
+    total = run_output_ground_truth(compiled.model, dist, name, event, output, samples=samples,
+                                    shard_size=shard_size, first_seed=first_seed, reservoir_size=reservoir_size,
+                                    batch_size=batch_size, progress=progress)
+    click.echo(f"{output}: {total.describe()}")
+
+
 @ground_truth.command(name="merge")
 @click.argument("files", nargs=-1, required=True, type=FilePath(path_type=Path, exists=True, dir_okay=False))
 @click.option("--output", type=FilePath(path_type=Path), required=True)
 def ground_truth_merge(files: tuple[Path, ...], output: Path) -> None:
     """Merge ground-truth files with disjoint shard seeds (e.g. from several machines) into one."""
-    from lowprob.ground_truth import GroundTruth, check_output
+    from lowprob.ground_truth import check_output
+    from lowprob.output_ground_truth import OutputGroundTruth, load_any
 
     check_output(output)
-    total = GroundTruth.load(files[0])
+    total = load_any(files[0])
     for path in files[1:]:
-        total = total.merge(GroundTruth.load(path))
+        other = load_any(path)
+        if type(other) is not type(total):
+            kind = "an output-event" if isinstance(other, OutputGroundTruth) else "an argmax"
+            raise LowprobError(f"cannot merge {path}, {kind} ground truth, with {files[0]}, which is not")
+        total = total.merge(other)
     total.save(output)
-    _show_ground_truth(total, output)
+    if isinstance(total, OutputGroundTruth):
+        click.echo(f"{output}: {total.describe()}")
+    else:
+        _show_ground_truth(total, output)
 
 
 @ground_truth.command(name="show")
@@ -612,9 +660,12 @@ def ground_truth_merge(files: tuple[Path, ...], output: Path) -> None:
               help="Most frequent argmax tokens to list.")
 def ground_truth_show(file: Path, top: int) -> None:
     """Summarise a ground-truth file: its provenance and the most frequent argmax tokens (id and token)."""
-    from lowprob.ground_truth import GroundTruth
+    from lowprob.output_ground_truth import OutputGroundTruth, load_any
 
-    gt = GroundTruth.load(file)
+    gt = load_any(file)
+    if isinstance(gt, OutputGroundTruth):
+        click.echo(f"{file}: {gt.describe()}")
+        return
     vocab = None
     if top:
         try:
