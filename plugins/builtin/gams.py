@@ -9,7 +9,8 @@ extinction, estimate 0) and replaces each killed one by a uniformly chosen survi
 position where its score exceeds Z, with the rest of the input drawn afresh from D — no MCMC. One run's estimate
 Π_q (1 − K_q/N) × hits/N is unbiased at every iteration (a martingale in q), so a run cut short by the budget
 (stopped before an iteration whose worst-case cost does not fit) stays unbiased; ``runs`` independent runs,
-fixed in advance and stepped together, are averaged and their spread gives the interval.
+fixed in advance and stepped together, are averaged; their spread gives the standard error, and Cox's
+lognormal interval of their values (``splitting.replicate_interval``) the confidence interval.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from lowprob.core.estimator import Capabilities, EstimatorOutput, Problem, StepC
 from lowprob.core.random import Enumerator, integers
 from lowprob.core.smc import combine_replicates
 from lowprob.core.stats import clopper_pearson
-from lowprob.plugins.builtin.splitting import Level, ScoredEstimator, SplittingOptions, count_ends
+from lowprob.plugins.builtin.splitting import Level, ScoredEstimator, SplittingOptions, count_ends, replicate_interval
 from lowprob.plugins.builtin.twists import Layout
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -271,7 +272,9 @@ class GAMS(ScoredEstimator):
         summary = combine_replicates([run.log_value for run in runs], [run.size for run in runs], level,
                                      zero_upper, "clopper-pearson: 0 hits in the runs' initial draws from D")
         ci = None
-        if summary.low is not None and summary.high is not None:
+        if summary.value > 0 and len(runs) > 1:  # a run's value is a product of level fractions: lognormal
+            ci = replicate_interval([math.exp(run.log_value) for run in runs], level, "runs")
+        elif summary.low is not None and summary.high is not None:
             ci = ConfidenceInterval(low=summary.low, high=summary.high, level=level, method=summary.method)
         elif summary.value > 0:  # one run: the AMS formula's lognormal interval
             variance = runs[0].formula_variance() or 0.0
@@ -287,7 +290,7 @@ class GAMS(ScoredEstimator):
             "formula_relative_variance": [run.formula_variance() for run in runs],
             "levels": [[lv.report() for lv in run.levels] for run in runs],
             "pilot_calls": state.pilot_calls,
-            "std_error_method": "spread of independent runs (Student-t)",
+            "std_error_method": "spread of independent runs",
         }
         if summary.value == 0:
             diagnostics["zero_reason"] = "; ".join(str(run.end) for run in runs)

@@ -40,6 +40,9 @@ from lowprob.plugins.scoring import Score, ScoreBuilder
 
 PILOT_SHARE = 0.25
 """Largest share of a call budget a score's pilot may spend (the ``twist`` score's gradient fit)."""
+TIE_MIXES = 3
+"""Rounds of MCMC moves at the previous level a ladder tries when all N replicas tie below the event, before it
+stalls (each round moves every replica and kills none)."""
 
 Proposal = Literal["prior", "gradient"]
 
@@ -65,7 +68,7 @@ class AMSOptions(LadderOptions):
     """Options of adaptive multilevel splitting."""
 
     kill: int = Field(default=10, ge=1, description="k: each level kills the k lowest replicas and all ties")
-    mcmc_steps: int = Field(default=10, ge=1, description="MCMC steps of every clone after each level")
+    mcmc_steps: int = Field(default=5, ge=1, description="MCMC steps of every clone after each level")
 
 
 class SubsetSimulationOptions(LadderOptions):
@@ -387,8 +390,14 @@ class LadderEstimator(ScoredEstimator):
             return self._finish(state, replace(ladder, end="reached the event", final_correlation=final),
                                 problem, generator, context)
         if killed == n:
-            return self._finish(state, replace(ladder, end=f"stalled: all {n} replicas tied at level {level:.6g}"),
-                                problem, generator, context)
+            mixes = next((i for i, lv in enumerate(reversed(ladder.levels)) if lv.killed), len(ladder.levels))
+            assert state.kernel is not None
+            if (mixes >= TIE_MIXES or state.kernel.positions.numel() == 0
+                    or self.mix_calls(n, context.backward_weight) > context.allowance):
+                end = f"stalled: all {n} replicas tied at level {level:.6g} after {mixes} mixing rounds"
+                return self._finish(state, replace(ladder, end=end), problem, generator, context)
+            state = replace(state, ladder=self._mix(ladder, state, problem, generator, context))
+            return state, self._info(state, False)
         cost = self.refill_calls(killed, context.backward_weight)
         if cost > context.allowance:
             final = correlation_factor(ladder.replicas.hit, ladder.chains)
@@ -403,6 +412,28 @@ class LadderEstimator(ScoredEstimator):
         ladder = Ladder(population, ladder.log_weight + math.log1p(-killed / n), (*ladder.levels, record), chains)
         state = replace(state, ladder=ladder)
         return state, self._info(state, False)
+
+    def mix_steps(self) -> int:
+        """MCMC steps of every replica in a mixing round (all N tied below the event)."""
+        raise NotImplementedError
+
+    def mix_calls(self, n: int, backward_weight: float) -> float:
+        return n * self.mix_steps() * self.per_call(backward_weight)
+
+    def _mix(self, ladder: Ladder, state: LadderState, problem: Problem, generator: torch.Generator,
+             context: StepContext) -> Ladder:
+        """All N replicas tie below the event: move every one ``mix_steps`` times inside the previous level
+        (D restricted to it stays invariant) instead of killing all; recorded as a level that kills none."""
+        assert state.kernel is not None and state.evaluate is not None
+        level = ladder.levels[-1].value if ladder.levels else -math.inf
+        before = problem.model.cost.model_calls(context.backward_weight)
+        replicas, accepted = ladder.replicas, 0
+        for _ in range(self.mix_steps()):
+            replicas, moved = state.kernel.step(replicas, level, state.evaluate, generator)
+            accepted += int(moved.sum())
+        spent = problem.model.cost.model_calls(context.backward_weight) - before
+        record = Level(level, 0, ladder.size, accepted / (ladder.size * self.mix_steps()), spent)
+        return replace(ladder, replicas=replicas, levels=(*ladder.levels, record))
 
     def _start(self, state: LadderState, problem: Problem, generator: torch.Generator,
                context: StepContext) -> tuple[LadderState, StepInfo]:
@@ -487,10 +518,13 @@ class LadderSummary:
 def summarize(ladders: Sequence[Ladder], level: float = 0.95) -> LadderSummary:
     """The mean of the ladders' values with its standard error and interval.
 
-    With two or more ladders: the spread of their values, and a Student-t interval on R − 1 degrees of freedom
-    (clipped at 0) — it sees the MCMC correlation the formula ignores. With one: the formula's relative variance
-    δ² (:attr:`Ladder.relative_variance`) and a lognormal interval ``v·exp(±z·δ)``. The formula's s.e.,
-    √(Σ_r v_r²·δ_r²)/R, is always reported. A zero mean gets ``[0, mean zero bound]``.
+    With two or more ladders the standard error is the spread of their values (it sees the MCMC correlation the
+    formula ignores) and the interval is :func:`lognormal_mean_interval` of the values — a ladder's value is a
+    product of many level fractions, so its log is close to normal and its distribution far from it (a
+    Student-t interval on the values themselves, skewed and few, covered 3 to 5 of 8 on planted-two-modes-e10);
+    with fewer than two non-zero ladders, the Student-t interval (clipped at 0). With one ladder: the formula's
+    relative variance δ² (:attr:`Ladder.relative_variance`) and a lognormal interval ``v·exp(±z·δ)``. The
+    formula's s.e., √(Σ_r v_r²·δ_r²)/R, is always reported. A zero mean gets ``[0, Clopper–Pearson bound]``.
     """
     r = len(ladders)
     values = [lad.value for lad in ladders]
@@ -508,10 +542,39 @@ def summarize(ladders: Sequence[Ladder], level: float = 0.95) -> LadderSummary:
                                 method="lognormal from the AMS variance formula (one ladder)")
         return LadderSummary(value, formula, ci, hits, samples, "AMS variance formula (ideal mixing)", formula)
     std_error = math.sqrt(math.fsum((v - value) ** 2 for v in values) / (r - 1) / r)
+    return LadderSummary(value, std_error, replicate_interval(values, level, "ladders"), hits, samples,
+                         f"spread of {r} independent ladders", formula)
+
+
+def lognormal_mean_interval(values: Sequence[float], level: float) -> tuple[float, float] | None:
+    """Cox's interval for the mean of R independent non-negative replicates whose non-zero values are lognormal:
+    with y the logs of the n non-zero values (mean ȳ, variance s²), ``exp(ȳ + s²/2 ± t_{n−1}·√(s²/n +
+    s⁴/(2(n − 1))))``, times the share n/R of non-zero replicates; ``None`` with fewer than two non-zero."""
+    logs = [math.log(v) for v in values if v > 0]
+    n = len(logs)
+    if n < 2:
+        return None
+    mean = math.fsum(logs) / n
+    var = math.fsum((y - mean) ** 2 for y in logs) / (n - 1)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(var / n + var * var / (2 * (n - 1)))
+    centre = mean + var / 2 + math.log(n / len(values))
+    return math.exp(centre - half), math.exp(centre + half)
+
+
+def replicate_interval(values: Sequence[float], level: float, unit: str) -> ConfidenceInterval:
+    """The interval of the mean of R ≥ 2 independent replicates (ladders, runs) with a non-zero mean: Cox's
+    lognormal interval, widened to hold the mean itself, or, with fewer than two non-zero values, Student-t on
+    R − 1 degrees of freedom (clipped at 0)."""
+    r = len(values)
+    value = math.fsum(values) / r
+    cox = lognormal_mean_interval(values, level)
+    if cox is not None:
+        return ConfidenceInterval(low=min(cox[0], value), high=min(1.0, max(cox[1], value)), level=level,
+                                  method=f"lognormal (Cox) over {r} {unit}")
+    std_error = math.sqrt(math.fsum((v - value) ** 2 for v in values) / (r - 1) / r)
     half = float(stats.t.ppf(0.5 + level / 2, r - 1)) * std_error
-    ci = ConfidenceInterval(low=max(0.0, value - half), high=min(1.0, value + half), level=level,
-                            method=f"student-t over {r} ladders")
-    return LadderSummary(value, std_error, ci, hits, samples, f"spread of {r} independent ladders", formula)
+    return ConfidenceInterval(low=max(0.0, value - half), high=min(1.0, value + half), level=level,
+                              method=f"student-t over {r} {unit}")
 
 
 class AMS(LadderEstimator):
@@ -532,6 +595,9 @@ class AMS(LadderEstimator):
 
     def refill_calls(self, killed: int, backward_weight: float) -> float:
         return killed * self.options.mcmc_steps * self.per_call(backward_weight)
+
+    def mix_steps(self) -> int:
+        return self.options.mcmc_steps
 
     def refill(self, ladder: Ladder, survivors: Replicas, level: float, killed: int, state: LadderState,
                generator: torch.Generator | Enumerator) -> tuple[Replicas, tuple[int, ...], float | None]:
@@ -558,6 +624,10 @@ class SubsetSimulation(LadderEstimator):
 
     def refill_calls(self, killed: int, backward_weight: float) -> float:
         return killed * self.per_call(backward_weight)
+
+    def mix_steps(self) -> int:
+        """As long as the chains a level grows (1/p0 states each)."""
+        return max(1, round(1 / self.options.p0))
 
     def refill(self, ladder: Ladder, survivors: Replicas, level: float, killed: int, state: LadderState,
                generator: torch.Generator | Enumerator) -> tuple[Replicas, tuple[int, ...], float | None]:
