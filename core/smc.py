@@ -240,3 +240,73 @@ class LogZBracket:
     def kl(self, log_z: float) -> tuple[float, float]:
         """``(log Z − lower, upper − log Z)``: the forward KL(q‖σ) and reverse KL(σ‖q) the bounds imply."""
         return log_z - self.lower.mean, self.upper.mean - log_z
+
+
+def genealogy_relative_variance(log_weights: torch.Tensor, eve: torch.Tensor, resamples: int) -> float:
+    """Lee & Whiteley's (2018) estimate of ``Var Ẑ / Ẑ²`` from one SMC run, for multinomial resampling at any
+    (ESS-triggered) times (Du & Guyader 2021): ``1 − c + c·Σ_e S_e² / S²`` with ``c = (N/(N−1))^{k+1}`` after
+    ``k`` resamplings, ``S_e`` the final weights of the particles descending from initial particle ``e``
+    (``eve``, ``[N]``) and ``S`` their total. Without resampling it is the i.i.d. formula
+    ``(N·Σw²/S² − 1)/(N − 1)``; once every particle shares one ancestor it is ``1`` (Ẑ may be off by its own
+    size). ``Ẑ²`` times it is unbiased for ``Var Ẑ`` at fixed resampling times, so it can be negative (callers
+    clip); 0 for a dead run or ``N = 1``."""
+    n = log_weights.numel()
+    if n < 2 or float(log_weights.max()) == -math.inf:
+        return 0.0
+    w = normalized_weights(log_weights)
+    groups = torch.zeros(n, dtype=torch.float64).index_add_(0, eve.to(torch.int64), w)
+    c = (n / (n - 1)) ** (resamples + 1)
+    return 1.0 - c + c * float((groups**2).sum())
+
+
+@dataclass(frozen=True)
+class ParticleRun:
+    """One SMC replicate: log Ẑ_r, its particles, the genealogy estimate of ``Var Ẑ_r / Ẑ_r²`` (clipped at 0)
+    and the log of the largest single particle's share of Ẑ_r (``-inf`` for a dead run)."""
+
+    log_z: float
+    size: int
+    relative_variance: float
+    log_top: float
+
+    @staticmethod
+    def of(log_z: float, log_weights: torch.Tensor, eve: torch.Tensor, resamples: int) -> ParticleRun:
+        top = (log_z + float(log_weights.max()) - float(torch.logsumexp(log_weights.double(), 0))
+               if log_z > -math.inf else -math.inf)
+        variance = max(0.0, genealogy_relative_variance(log_weights, eve, resamples))
+        return ParticleRun(log_z, int(log_weights.numel()), variance, top)
+
+
+def gamma_interval(value: float, variance: float, top: float, level: float) -> tuple[float, float]:
+    """Fay & Feuer's (1997) gamma interval for a positive weighted sum of rare events with estimated variance
+    ``variance`` and largest single term ``top``: the lower end is the gamma quantile of mean ``value`` and
+    variance ``variance``; the upper end adds one more event of size ``top`` to both, so a few hits give a
+    long right tail (where a heavy-tailed estimate's misses are) and never a normal interval's symmetric one."""
+    alpha = (1 - level) / 2
+    rel, share = variance / value**2, top / value  # in units of value: no under- or overflow at any depth
+    low = value if rel <= 0 else value * float(stats.gamma.ppf(alpha, 1 / rel, scale=rel))
+    mean, var = 1 + share, rel + share**2
+    return low, value * float(stats.gamma.ppf(1 - alpha, mean**2 / var, scale=var / mean))
+
+
+def combine_particle_runs(runs: Sequence[ParticleRun], level: float = 0.95, zero_upper: float = 1.0,
+                          zero_method: str = "trivial bound") -> ReplicateSummary:
+    """Size-weighted mean ``Σ N_r Ẑ_r / Σ N_r`` of independent replicates (unbiased when the sizes are fixed in
+    advance) with the standard error from every particle, ``Σ_r (N_r/N)² Ẑ_r² V_r`` (``V_r`` the genealogy
+    estimate of each run), and the gamma interval of :func:`gamma_interval` with the largest particle term as
+    its one extra event. When every replicate is 0 the value is 0 with ``[0, zero_upper]``."""
+    if not runs:
+        raise LowprobError("need at least one replicate")
+    if not 0 < level < 1:
+        raise LowprobError(f"confidence level must be in (0, 1), got {level}")
+    if any(math.isnan(r.log_z) for r in runs):
+        raise WeightError("a replicate's log estimate is NaN")
+    total = sum(r.size for r in runs)
+    value = math.fsum(r.size * math.exp(r.log_z) for r in runs) / total
+    if value == 0:
+        return ReplicateSummary(0.0, None, 0.0, zero_upper, zero_method)
+    variance = math.fsum((r.size / total * math.exp(r.log_z)) ** 2 * r.relative_variance for r in runs)
+    top = max(r.size / total * math.exp(r.log_top) for r in runs)
+    low, high = gamma_interval(value, variance, top, level)
+    return ReplicateSummary(value, math.sqrt(variance), low, high,
+                            f"gamma (Fay-Feuer) on the genealogy variance of {total} particles in {len(runs)} runs")

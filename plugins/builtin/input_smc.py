@@ -42,8 +42,9 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One SMC run: log Ẑ, the final particles with their log weights and hits, and (when recorded) every
-    step's population plus the anchor features along each final particle's path."""
+    """One SMC run: log Ẑ, the final particles with their log weights, hits and initial ancestors (``eve``,
+    for the genealogy variance), and (when recorded) every step's population plus the anchor features along
+    each final particle's path."""
 
     log_z: float
     tokens: torch.Tensor
@@ -52,6 +53,7 @@ class Sweep:
     resamples: int
     min_ess_fraction: float
     choices: torch.Tensor
+    eve: torch.Tensor
     records: tuple[StepRecord, ...] = ()
     path_features: tuple[torch.Tensor, ...] = ()
 
@@ -117,13 +119,14 @@ def _sweep(model: MeteredModel, layout: Layout, twist: Twist, target: Target, n:
     runs = [slice(r * n, (r + 1) * n) for r in range(replicates)]
     tokens = layout.fill(total)
     choices = torch.zeros((total, layout.steps), dtype=torch.int64)
+    eve = torch.arange(total) % n
     weights = [ParticleWeights.start(n) for _ in runs]
     if layout.steps == 0:  # nothing random: Z is the indicator of the one sequence
         logits = model.last_logits(tokens[:1])
         log_phi = final(logits) if final is not None else torch.where(target.hits(logits), 0.0, -math.inf)
         hits = target.hits(logits).cpu().expand(n)
         done = [w.reweight(log_phi.double().cpu().expand(n)) for w in weights]
-        return [Sweep(w.log_evidence, tokens[rows], w.log_weights, hits, 0, 1.0, choices[rows])
+        return [Sweep(w.log_evidence, tokens[rows], w.log_weights, hits, 0, 1.0, choices[rows], torch.arange(n))
                 for w, rows in zip(done, runs, strict=True)]
     keep, method = (0, "multinomial") if reference is not None else (None, resampling)
     forced = layout.choices(reference[None, :])[0] if reference is not None else None
@@ -165,7 +168,8 @@ def _sweep(model: MeteredModel, layout: Layout, twist: Twist, target: Target, n:
                 if picked is not None:
                     ancestors[rows] = picked + rows.start
             if not torch.equal(ancestors, torch.arange(total)):
-                tokens, choices, log_psi = tokens[ancestors], choices[ancestors], log_psi[ancestors]
+                tokens, choices, eve = tokens[ancestors], choices[ancestors], eve[ancestors]
+                log_psi = log_psi[ancestors]
                 state = _reindex(state, ancestors)
                 path_features = [f[ancestors] for f in path_features]
     final_logits = _unique_rows(tokens, model.last_logits)
@@ -175,7 +179,7 @@ def _sweep(model: MeteredModel, layout: Layout, twist: Twist, target: Target, n:
     increments = torch.where(alive, log_norm - chosen + log_phi - log_psi, -math.inf)
     done = [w.reweight(increments[rows]) for w, rows in zip(weights, runs, strict=True)]
     return [Sweep(w.log_evidence, tokens[rows], w.log_weights, hits[rows], w.resamples, w.min_ess_fraction,
-                  choices[rows], tuple(records), tuple(f[rows] for f in path_features))
+                  choices[rows], eve[rows], tuple(records), tuple(f[rows] for f in path_features))
             for w, rows in zip(done, runs, strict=True)]
 
 

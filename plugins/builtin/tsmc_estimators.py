@@ -1,8 +1,10 @@
 """Twisted SMC estimators: ``tsmc`` (training-free gradient twist) and ``tsmc-ctl`` (twist heads learned by CTL).
 
-Both build a twist first (a pilot of draws from D with token gradients; for ``tsmc-ctl`` also rounds of
-contrastive twist learning), then split the remaining budget into independent SMC replicates planned in
-advance, and report the size-weighted mean of their unbiased Ẑ with a Student-t interval across replicates.
+Both draw a share of the budget naively from D (forward passes only: their hits bound a zero estimate, and
+their margins join the twist's fit), build a twist (a pilot of draws from D with token gradients; for
+``tsmc-ctl`` also rounds of contrastive twist learning), then split the remaining budget into independent SMC
+replicates planned in advance, and report the size-weighted mean of their unbiased Ẑ with a gamma interval on
+the genealogy variance of every particle (``lowprob.core.smc.combine_particle_runs``).
 Twist building is counted by the meter and reported apart from estimation (``training_cost`` and
 ``estimation_cost`` in the diagnostics); ``budget_includes_training`` says whether the budget pays for it.
 """
@@ -30,7 +32,7 @@ from lowprob.core.estimator import (
 )
 from lowprob.core.meter import Cost, MeteredModel
 from lowprob.core.random import Enumerator
-from lowprob.core.smc import LogBound, LogZBracket, Resampling, combine_replicates
+from lowprob.core.smc import LogBound, LogZBracket, ParticleRun, Resampling, combine_particle_runs, combine_replicates
 from lowprob.core.stats import clopper_pearson
 from lowprob.plugins.builtin.input_smc import (
     bidirectional_bounds,
@@ -45,20 +47,31 @@ from lowprob.plugins.registry import Registrar
 BATCH_PARTICLES = 4096
 """Most particles stepped together: equal-sized replicates run as one batch up to this many particles."""
 
+NAIVE_BATCH = 512
+"""Naive draws evaluated per forward batch (last-position logits only)."""
+
 
 class TSMCOptions(EstimatorOptions):
     """Options of twisted SMC with the training-free gradient twist."""
 
     particles: int = Field(default=256, ge=1, description="particles per SMC replicate")
-    resampling: Resampling = Field(default="systematic", description="multinomial, stratified or systematic")
+    resampling: Resampling = Field(default="multinomial",
+                                   description="multinomial, stratified or systematic (the genealogy variance "
+                                               "is proven for multinomial only)")
     ess_threshold: float = Field(default=0.5, ge=0, le=1,
                                  description="resample when ESS < this × particles (0: never, 1: every step)")
     temperature: float = Field(default=1.0, gt=0, description="T: the twist is Φ(predicted margin / (T·σ_j))")
+    defensive: float = Field(default=0.1, ge=0, lt=1,
+                             description="δ: the twist is floored at δ × its prior hit chance, so a hit's weight "
+                                         "stays below about 1/δ")
     pilot: int = Field(default=256, ge=0, description="draws from D with token gradients that fit the twist")
     training_share: float = Field(default=0.25, gt=0, lt=1,
                                   description="largest share of a call budget spent building the twist")
     budget_includes_training: bool = Field(default=True,
                                            description="charge twist building to the budget (else a separate meter)")
+    naive_share: float = Field(default=0.125, ge=0, lt=0.5,
+                               description="share of a call budget spent on forward-only draws from D: their hits "
+                                           "bound a zero estimate, their margins join the twist's fit")
 
 
 class TSMCCTLOptions(TSMCOptions):
@@ -90,13 +103,14 @@ class TSMCState:
     layout: Layout
     twist: Twist | None = None
     plan: tuple[int, ...] | None = ()
-    log_z: tuple[float, ...] = ()
-    sizes: tuple[int, ...] = ()
+    runs: tuple[ParticleRun, ...] = ()
     hits: int = 0
     resamples: int = 0
     min_ess_fraction: float = 1.0
     pilot_hits: int = 0
     pilot_samples: int = 0
+    naive_hits: int = 0
+    naive_samples: int = 0
     training: Cost = Cost()
     estimation_start: Cost = Cost()
     backward_weight: float = 2.0
@@ -106,6 +120,33 @@ class TSMCState:
 def _cost(cost: Cost, backward_weight: float) -> dict[str, float]:
     return {"forward_passes": cost.forward_passes, "backward_passes": cost.backward_passes,
             "model_calls": cost.model_calls(backward_weight), "model_seconds": cost.model_seconds}
+
+
+@dataclass(frozen=True)
+class NaiveDraws:
+    """Independent draws from D with their logit margins and hits (one forward pass each, on the budget)."""
+
+    tokens: torch.Tensor
+    margins: torch.Tensor
+    hits: int
+
+    @property
+    def samples(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @staticmethod
+    def draw(problem: Problem, n: int, generator: torch.Generator) -> NaiveDraws:
+        """``n`` draws, evaluated in batches of :data:`NAIVE_BATCH` (none: empty)."""
+        if n < 1:
+            return NaiveDraws(torch.zeros((0, problem.distribution.length), dtype=torch.int64),
+                              torch.zeros(0, dtype=torch.float64), 0)
+        tokens = problem.distribution.sample(n, generator)
+        margins, hits = [], 0
+        for i in range(0, n, NAIVE_BATCH):
+            logits = problem.model.last_logits(tokens[i:i + NAIVE_BATCH])
+            margins.append(margin(logits, problem.target))
+            hits += int(problem.target.hits(logits).sum())
+        return NaiveDraws(tokens, torch.cat(margins), hits)
 
 
 def plan_replicates(calls: float, cost: Callable[[int], float], particles: int) -> tuple[int, ...] | None:
@@ -144,23 +185,28 @@ class TwistedSMC(Estimator[TSMCState]):
         return TSMCState(layout=Layout.of(problem.distribution))
 
     def pilot(self, problem: Problem, meter: MeteredModel, layout: Layout, n: int,
-              generator: torch.Generator | Enumerator) -> tuple[GradientTwist, int]:
-        """Fit the gradient twist on ``n`` draws from D (one forward and backward pass each); also their hits."""
+              generator: torch.Generator | Enumerator, naive: NaiveDraws | None = None) -> tuple[GradientTwist, int]:
+        """Fit the gradient twist on ``n`` draws from D (one forward and backward pass each) and the margins of
+        the ``naive`` draws; also the pilot's hits."""
         if n < 1:
             return GradientTwist.flat(layout), 0
         tokens = problem.distribution.sample(n, generator)
         logits, mean = meter.mean_target_gradients(tokens, problem.target)
-        twist = GradientTwist.from_gradients(layout, mean.double().cpu(), tokens, margin(logits, problem.target),
-                                             self.options.temperature)
+        margins = margin(logits, problem.target)
+        if naive is not None:
+            tokens, margins = torch.cat([tokens, naive.tokens]), torch.cat([margins, naive.margins])
+        twist = GradientTwist.from_gradients(layout, mean.double().cpu(), tokens, margins, self.options.temperature,
+                                             self.options.defensive)
         return twist, int(problem.target.hits(logits).sum())
 
     def build_twist(self, problem: Problem, meter: MeteredModel, layout: Layout, limit: float,
-                    backward_weight: float, generator: torch.Generator | Enumerator
+                    backward_weight: float, generator: torch.Generator | Enumerator, naive: NaiveDraws | None = None
                     ) -> tuple[Twist, int, int, dict[str, Any]]:
-        """The twist, built within ``limit`` model calls: ``(twist, pilot hits, pilot samples, diagnostics)``."""
+        """The twist, built within ``limit`` model calls (``naive``: draws whose margins join the fit):
+        ``(twist, pilot hits, pilot samples, diagnostics)``."""
         n = self.options.pilot if math.isinf(limit) else min(self.options.pilot,
                                                               int(limit // (1 + backward_weight)))
-        twist, hits = self.pilot(problem, meter, layout, n, generator)
+        twist, hits = self.pilot(problem, meter, layout, n, generator, naive)
         return twist, hits, n, twist.describe()
 
     def step(self, state: TSMCState, problem: Problem, generator: torch.Generator,
@@ -177,8 +223,9 @@ class TwistedSMC(Estimator[TSMCState]):
                 count += 1
         sweeps = run_replicates(problem.model, state.layout, state.twist, problem.target, n, count, generator,
                                 resampling=self.options.resampling, ess_threshold=self.options.ess_threshold)
+        runs = tuple(ParticleRun.of(s.log_z, s.log_weights, s.eve, s.resamples) for s in sweeps)
         state = replace(state, plan=state.plan[count:] if state.plan is not None else None,
-                        log_z=(*state.log_z, *(s.log_z for s in sweeps)), sizes=(*state.sizes, *(n,) * count),
+                        runs=(*state.runs, *runs),
                         hits=state.hits + sum(int(s.hits.sum()) for s in sweeps),
                         resamples=state.resamples + sum(s.resamples for s in sweeps),
                         min_ess_fraction=min(state.min_ess_fraction, *(s.min_ess_fraction for s in sweeps)))
@@ -187,60 +234,76 @@ class TwistedSMC(Estimator[TSMCState]):
     def _build(self, state: TSMCState, problem: Problem, generator: torch.Generator,
                context: StepContext) -> TSMCState:
         included = self.options.budget_includes_training
+        start = problem.model.cost
+        naive = NaiveDraws.draw(problem, int(self.options.naive_share * context.allowance)
+                                if math.isfinite(context.allowance) else 0, generator)
+        naive_cost = problem.model.cost - start
         meter = problem.model if included else problem.model.fork()
         before = meter.cost
         limit = self.options.training_share * context.allowance if included else math.inf
         twist, hits, samples, info = self.build_twist(problem, meter, state.layout, limit, context.backward_weight,
-                                                      generator)
+                                                      generator, naive)
         training = meter.cost - before
-        left = context.allowance - (training.model_calls(context.backward_weight) if included else 0)
+        left = (context.allowance - naive.samples
+                - (training.model_calls(context.backward_weight) if included else 0))
         plan = plan_replicates(left, lambda k: replicate_calls(state.layout, twist, k), self.options.particles)
         if plan == () and isinstance(twist, HeadTwist):  # no learned-twist run fits: the base twist is cheaper
             twist, info = twist.base, {**info, "fallback": "no run with the learned twist fits the budget"}
             plan = plan_replicates(left, lambda k: replicate_calls(state.layout, twist, k), self.options.particles)
-        return replace(state, twist=twist, plan=plan, pilot_hits=hits, pilot_samples=samples, training=training,
-                       estimation_start=problem.model.cost, backward_weight=context.backward_weight, info=info)
+        return replace(state, twist=twist, plan=plan, pilot_hits=hits, pilot_samples=samples,
+                       naive_hits=naive.hits, naive_samples=naive.samples, training=training,
+                       estimation_start=problem.model.cost - naive_cost,  # the naive draws count as estimation
+                       backward_weight=context.backward_weight, info=info)
 
     def _info(self, state: TSMCState, done: bool) -> StepInfo:
-        samples = sum(state.sizes)
-        if not state.log_z:
+        samples = sum(r.size for r in state.runs)
+        if not state.runs:
             return StepInfo(samples=samples, done=done)
-        summary = combine_replicates(state.log_z, state.sizes)
+        summary = combine_particle_runs(state.runs)
         return StepInfo(value=summary.value, std_error=summary.std_error, samples=samples, done=done)
 
     def result(self, state: TSMCState, problem: Problem, level: float) -> EstimatorOutput:
-        if not state.log_z:
+        if not state.runs:
             raise LowprobError(f"{self.name} ran no SMC replicate; the budget ran out while building the twist")
-        if state.pilot_samples:
-            zero_upper = clopper_pearson(state.pilot_hits, state.pilot_samples, level)[1]
-            zero_method = "all replicates 0: Clopper-Pearson bound from the pilot's draws from D"
+        draws, draw_hits = state.pilot_samples + state.naive_samples, state.pilot_hits + state.naive_hits
+        if draws:
+            zero_upper = clopper_pearson(draw_hits, draws, level)[1]
+            zero_method = (f"all replicates 0: Clopper-Pearson bound from {draws} independent draws from D "
+                           "(pilot and naive share)")
         else:
-            zero_upper, zero_method = 1.0, "all replicates 0: trivial bound 1 (no pilot)"
-        summary = combine_replicates(state.log_z, state.sizes, level, zero_upper, zero_method)
+            zero_upper, zero_method = 1.0, "all replicates 0: trivial bound 1 (no draw from D)"
+        summary = combine_particle_runs(state.runs, level, zero_upper, zero_method)
         ci = (ConfidenceInterval(low=summary.low, high=summary.high, level=level, method=summary.method)
               if summary.low is not None and summary.high is not None else None)
-        bound = LogBound.of(state.log_z)
+        log_z, sizes = [r.log_z for r in state.runs], [r.size for r in state.runs]
+        spread = combine_replicates(log_z, sizes, level) if summary.value > 0 else None
+        bound = LogBound.of(log_z)
         estimation = problem.model.cost - state.estimation_start
         return EstimatorOutput(
             value=summary.value,
             std_error=summary.std_error,
             ci=ci,
             hits=state.hits,
-            samples=sum(state.sizes),
+            samples=sum(sizes),
             diagnostics={
                 **state.info,
-                "replicates": len(state.sizes),
-                "particles": list(state.sizes),
+                "replicates": len(sizes),
+                "particles": sizes,
                 "zero_replicates": bound.zero_runs,
                 "mean_log_z": bound.mean if math.isfinite(bound.mean) else None,
-                "resamples_per_replicate": state.resamples / len(state.sizes),
+                "resamples_per_replicate": state.resamples / len(sizes),
                 "min_ess_fraction": state.min_ess_fraction,
+                "relative_variances": [r.relative_variance for r in state.runs],
+                "replicate_std_error": spread.std_error if spread is not None else None,
                 "pilot_hits": state.pilot_hits,
                 "pilot_samples": state.pilot_samples,
+                "naive_hits": state.naive_hits,
+                "naive_samples": state.naive_samples,
                 "budget_includes_training": self.options.budget_includes_training,
                 "training_cost": _cost(state.training, state.backward_weight),
                 "estimation_cost": _cost(estimation, state.backward_weight),
-                "std_error_method": "size-weighted spread of independent replicates (Var Ẑ_r ∝ 1/N_r)",
+                "std_error_method": "genealogy variance of every particle (Lee & Whiteley 2018), pooled over "
+                                    "replicates",
             },
         )
 
@@ -273,11 +336,12 @@ class TwistedSMCCTL(TwistedSMC):
         return [first * (last / first) ** (r / (rounds - 1)) for r in range(rounds)]
 
     def build_twist(self, problem: Problem, meter: MeteredModel, layout: Layout, limit: float,
-                    backward_weight: float, generator: torch.Generator | Enumerator
+                    backward_weight: float, generator: torch.Generator | Enumerator, naive: NaiveDraws | None = None
                     ) -> tuple[Twist, int, int, dict[str, Any]]:
         opts = self.options
         pilot_limit = limit / 2 if math.isfinite(limit) else limit
-        base, hits, samples, _ = (super().build_twist(problem, meter, layout, pilot_limit, backward_weight, generator)
+        base, hits, samples, _ = (super().build_twist(problem, meter, layout, pilot_limit, backward_weight, generator,
+                                                      naive)
                                   if opts.base else (GradientTwist.flat(layout), 0, 0, {}))
         assert isinstance(base, GradientTwist)
         twist = HeadTwist(layout, problem.model.d_model, opts.hook, opts.head, opts.hidden, opts.feature_stride,

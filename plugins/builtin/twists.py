@@ -147,18 +147,34 @@ class GradientTwist:
     ``scores[j]`` ``[|supp_j|]`` are the token scores of step j centred under D_j (Σ_v D_j(v)·S̃_j(v) = 0), so
     the unseen suffix adds 0 to the predicted margin on average. With ``gamma = 0`` every table is constant: the
     proposal is D and the SMC is naive Monte Carlo.
+
+    ``defensive`` δ floors the twist: ψ'_j = (1 − δ)·ψ_j + δ·ψ̄ with ψ̄ = Φ(α/(T·σ_{−1})) the twist's own prior
+    chance of a hit. Since E_{D_j}[ψ'_j] ≈ ψ'_{j−1} along any path, a hit's weight ψ̄/ψ'_{m−1} stays below about
+    1/δ (a naive draw's is 1), however wrong the margin model is there (a defensive mixture: Hesterberg 1995):
+    the probit's Gaussian tail otherwise gives hits it did not foresee weights of ψ̄/Φ(−4) and more.
     """
 
     hook: str | None = None
 
-    def __init__(self, layout: Layout, scores: tuple[torch.Tensor, ...], fit: MarginFit, temperature: float) -> None:
+    def __init__(self, layout: Layout, scores: tuple[torch.Tensor, ...], fit: MarginFit, temperature: float,
+                 defensive: float = 0.0) -> None:
         self.layout = layout
         self.scores = scores
         self.fit = fit
         self.temperature = temperature
+        self.defensive = defensive
         variances = [float((lp.exp() * s**2).sum()) for lp, s in zip(layout.log_d, scores, strict=True)]
         tails = [math.fsum(variances[j + 1:]) for j in range(layout.steps)]
         self.scales = [temperature * math.sqrt(fit.sigma**2 + fit.gamma**2 * t) for t in tails]
+        prior = temperature * math.sqrt(fit.sigma**2 + fit.gamma**2 * math.fsum(variances))
+        self.log_floor = (math.log(defensive) + float(torch.special.log_ndtr(torch.tensor(fit.alpha / prior)))
+                          if defensive > 0 else -math.inf)
+
+    def guard(self, log_psi: torch.Tensor) -> torch.Tensor:
+        """``log((1 − δ)·ψ + δ·ψ̄)`` from ``log ψ`` (the identity for δ = 0)."""
+        if self.defensive <= 0:
+            return log_psi
+        return torch.logaddexp(log_psi + math.log1p(-self.defensive), torch.full_like(log_psi, self.log_floor))
 
     @staticmethod
     def flat(layout: Layout) -> GradientTwist:
@@ -167,16 +183,16 @@ class GradientTwist:
 
     @staticmethod
     def from_gradients(layout: Layout, mean_gradients: torch.Tensor, tokens: torch.Tensor, margins: torch.Tensor,
-                       temperature: float) -> GradientTwist:
+                       temperature: float, defensive: float = 0.0) -> GradientTwist:
         """Fit on draws ``tokens`` from D with margins ``margins``; ``mean_gradients`` ``[length, vocab]`` is the
-        batch-mean token-gradient table of the target score (ITGIS's S)."""
+        batch-mean token-gradient table of the target score (ITGIS's S); ``defensive`` δ floors the twist."""
         scores = []
         for p, support, log_d in zip(layout.positions, layout.supports, layout.log_d, strict=True):
             raw = mean_gradients[p, support].double()
             scores.append(raw - (log_d.exp() * raw).sum())
         twist = GradientTwist(layout, tuple(scores), MarginFit(), temperature)
         fit = MarginFit.fit(twist.linear_scores(layout.choices(tokens)), margins)
-        return GradientTwist(layout, tuple(scores), fit, temperature)
+        return GradientTwist(layout, tuple(scores), fit, temperature, defensive)
 
     def linear_scores(self, choices: torch.Tensor) -> torch.Tensor:
         """ℓ(x) = Σ_j S̃_j(x_{p_j}) for support indices ``choices`` ``[n, steps]``."""
@@ -194,13 +210,14 @@ class GradientTwist:
     def log_table(self, j: int, state: TwistState,
                   features: torch.Tensor | None) -> tuple[torch.Tensor, TwistState]:
         mean = self.fit.alpha + self.fit.gamma * (state["score"][:, None] + self.scores[j][None, :])
-        return torch.special.log_ndtr(mean / self.scales[j]), state
+        return self.guard(torch.special.log_ndtr(mean / self.scales[j])), state
 
     def advance(self, j: int, state: TwistState, choice: torch.Tensor) -> TwistState:
         return {**state, "score": state["score"] + self.scores[j][choice]}
 
     def describe(self) -> dict[str, Any]:
-        return {"twist": "gradient", "temperature": self.temperature, "margin_alpha": self.fit.alpha,
+        return {"twist": "gradient", "temperature": self.temperature, "defensive": self.defensive,
+                "margin_alpha": self.fit.alpha,
                 "margin_gamma": self.fit.gamma, "margin_sigma": self.fit.sigma,
                 "margin_correlation": self.fit.correlation, "pilot_samples": self.fit.samples}
 
@@ -255,7 +272,7 @@ class HeadTwist(torch.nn.Module):
     def log_psi(self, j: int, prior: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """``log ψ_j`` ``[n, |supp_j|]`` for every candidate, given the prefix's summed contributions ``prior``."""
         mean = self.base.fit.alpha + prior[:, None] + self.contribution(j)[None, :] + self.shift(j, features)[:, None]
-        return torch.special.log_ndtr(mean / self.base.scales[j])
+        return self.base.guard(torch.special.log_ndtr(mean / self.base.scales[j]))
 
     def contributions(self) -> torch.Tensor:
         """Every step's :meth:`contribution`, padded with zeros into ``[steps, largest support]``."""

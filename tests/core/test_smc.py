@@ -16,10 +16,14 @@ from lowprob.core.smc import (
     RESAMPLING,
     LogBound,
     LogZBracket,
+    ParticleRun,
     ParticleWeights,
     Resampling,
+    combine_particle_runs,
     combine_replicates,
     effective_sample_size,
+    gamma_interval,
+    genealogy_relative_variance,
     log_mean_exp,
     normalized_weights,
     resample,
@@ -148,6 +152,60 @@ def test_dropping_the_banked_mean_is_biased(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(ParticleWeights, "resample_if_needed", no_bank)
     biased = expectation(lambda e: _chain_smc(e, 1.0), 10_000).value
     assert abs(biased - exact) > 0.05 * exact
+
+
+def _chain_smc_variance(enumerator: Enumerator, threshold: float, extra: int = 1) -> float:
+    """``Ẑ² · V`` of :func:`_chain_smc`'s run, V the genealogy estimate (its exponent ``resamples + extra``)."""
+    mu = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    kernel = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1]], dtype=torch.float64)
+    g1 = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)
+    g2 = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 0.0], [0.0, 4.0, 1.0]], dtype=torch.float64)
+    a, eve = categorical(mu, 2, enumerator), torch.arange(2)
+    weights = ParticleWeights.start(2).reweight(g1[a].log())
+    weights, ancestors = weights.resample_if_needed(threshold, "multinomial", enumerator)
+    if ancestors is not None:
+        a, eve = a[ancestors], eve[ancestors]
+    b = categorical(kernel[a], 1, enumerator)[:, 0]
+    final = weights.reweight(g2[a, b].log())
+    relative = genealogy_relative_variance(final.log_weights, eve, final.resamples + extra - 1)
+    return final.evidence**2 * relative
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.0])
+def test_the_genealogy_variance_is_exactly_unbiased(threshold: float) -> None:
+    """Lee & Whiteley (2018): E[Ẑ²·V] = Var Ẑ, every draw enumerated, resampling always or never; with the
+    exponent one too small (ignoring the resampling) it is biased."""
+    mean = expectation(lambda e: _chain_smc(e, threshold), max_paths=10_000).value
+    second = expectation(lambda e: _chain_smc(e, threshold) ** 2, max_paths=10_000).value
+    estimate = expectation(lambda e: _chain_smc_variance(e, threshold), max_paths=10_000).value
+    assert estimate == pytest.approx(second - mean**2, rel=1e-10)
+    if threshold == 1.0:
+        wrong = expectation(lambda e: _chain_smc_variance(e, threshold, extra=0), max_paths=10_000).value
+        assert abs(wrong - (second - mean**2)) > 0.1 * (second - mean**2)
+
+
+def test_genealogy_variance_without_resampling_is_the_iid_formula() -> None:
+    w = torch.tensor([0.5, 0.0, 2.0, 1.5], dtype=torch.float64)
+    iid = float(w.var() / 4) / float(w.mean()) ** 2  # the sample variance of the mean, relative
+    assert genealogy_relative_variance(w.log(), torch.arange(4), 0) == pytest.approx(iid, rel=1e-12)
+    assert genealogy_relative_variance(w.log(), torch.zeros(4, dtype=torch.int64), 2) == pytest.approx(1.0)
+    assert genealogy_relative_variance(DEAD, torch.arange(4), 0) == 0.0
+
+
+def test_gamma_interval_is_skewed_and_normal_in_the_limit() -> None:
+    """One hit of weight 1: [0.025, 5.57] (the gamma quantiles of shapes 1 and 2), far to the right of
+    the normal ±1.96; with many small terms the interval approaches the normal one."""
+    low, high = gamma_interval(1.0, 1.0, 1.0, 0.95)
+    assert low == pytest.approx(0.0253, abs=1e-3) and high == pytest.approx(5.572, abs=1e-3)
+    low, high = gamma_interval(1.0, 1e-4, 1e-4, 0.95)
+    assert low == pytest.approx(1 - 1.96e-2, abs=1e-3) and high == pytest.approx(1 + 1.96e-2, abs=1e-3)
+    runs = [ParticleRun(math.log(0.2), 10, 0.25, math.log(0.05)), ParticleRun(math.log(0.4), 30, 0.04, math.log(0.02))]
+    summary = combine_particle_runs(runs)
+    assert summary.value == pytest.approx((10 * 0.2 + 30 * 0.4) / 40)
+    assert summary.std_error == pytest.approx(math.sqrt((0.25 * 0.2) ** 2 * 0.25 + (0.75 * 0.4) ** 2 * 0.04))
+    assert summary.low is not None and summary.high is not None and summary.low < summary.value < summary.high
+    zero = combine_particle_runs([ParticleRun(-math.inf, 5, 0.0, -math.inf)], zero_upper=0.01, zero_method="draws")
+    assert (zero.value, zero.std_error, zero.low, zero.high, zero.method) == (0.0, None, 0.0, 0.01, "draws")
 
 
 def test_combining_replicates() -> None:

@@ -58,10 +58,7 @@ def test_chains_sample_the_tilted_distribution(toy: ToyProblem) -> None:
     for _ in range(40):
         state, _ = estimator.step(state, problem, gen, StepContext(math.inf, 2.0))
     assert state.chains is not None
-    tokens, d = toy.distribution.enumerate()
-    log_pi = d.log() + toy.model.last_logits(tokens)[:, toy.target.token_id].double() / temperature
-    pi = torch.softmax(log_pi, dim=0)
-    index = {tuple(row): j for j, row in enumerate(tokens.tolist())}
+    pi, d, index = _tilted(toy, temperature)
     visited = torch.tensor([index[tuple(row)] for row in state.chains.tokens.tolist()])
     empirical = torch.bincount(visited, minlength=pi.numel()).double() / chains
     tolerance = _total_variation_tolerance(pi, chains, gen)
@@ -70,9 +67,40 @@ def test_chains_sample_the_tilted_distribution(toy: ToyProblem) -> None:
     assert float((empirical - d).abs().sum() / 2) > 2 * tolerance
 
 
+def _tilted(toy: ToyProblem, temperature: float) -> tuple[torch.Tensor, torch.Tensor, dict[tuple[int, ...], int]]:
+    """π ∝ D·exp(s/T) and D over the toy's enumerated sequences, and each sequence's index."""
+    tokens, d = toy.distribution.enumerate()
+    log_pi = d.log() + toy.model.last_logits(tokens)[:, toy.target.token_id].double() / temperature
+    return torch.softmax(log_pi, dim=0), d, {tuple(row): j for j, row in enumerate(tokens.tolist())}
+
+
+@pytest.mark.statistical
+def test_importance_resampled_starts_are_near_the_tilted_distribution(toy: ToyProblem) -> None:
+    """Issue 13: chains started at draws from D need a long burn-in to reach π. Each start picked ∝ e^{s/T}
+    among 16 draws from D is nearer π (total variation) than D is by more than sampling noise; starting at D is
+    not."""
+    temperature, chains = 0.7, 2000
+    pi, d, index = _tilted(toy, temperature)
+    gen = torch.Generator().manual_seed(0)
+    tolerance = _total_variation_tolerance(pi, chains, gen)
+    distances = {}
+    for k in (1, 16):
+        estimator = MHIS({"temperature": temperature, "chains": chains, "burn_in": 0, "init_candidates": k})
+        problem = toy.problem()
+        state, _ = estimator.step(estimator.init(problem, gen), problem, gen, StepContext(math.inf, 2.0))
+        assert state.chains is not None and state.initial_draws == chains * k
+        visited = torch.tensor([index[tuple(row)] for row in state.chains.tokens.tolist()])
+        empirical = torch.bincount(visited, minlength=pi.numel()).double() / chains
+        distances[k] = float((empirical - pi).abs().sum() / 2)
+    far = float((d - pi).abs().sum() / 2)
+    assert abs(distances[1] - far) <= tolerance  # starting at D: as far from π as D is
+    assert distances[16] < far - tolerance, f"TV of the resampled starts {distances[16]:.3f} vs D's {far:.3f}"
+
+
 @pytest.mark.statistical
 def test_estimate_converges_to_the_exact_value(toy: ToyProblem) -> None:
-    budgets = [Budget(model_calls=32 * (1 + 10 + n), backward_weight=0.0) for n in (4, 80)]
+    start = MHIS({"chains": 32}).start_calls()  # the initial candidates' forward passes
+    budgets = [Budget(model_calls=start + 32 * (1 + 10 + n), backward_weight=0.0) for n in (4, 80)]
     report = check_consistent(MHIS, toy, budgets, seeds=range(12), options={"chains": 32, "burn_in": 10})
     assert report.passed, report.detail
 
@@ -95,9 +123,10 @@ def test_ratio_summary_matches_direct_computation() -> None:
 
 def test_spends_the_budget_exactly_and_records_after_burn_in(toy: ToyProblem) -> None:
     estimate = run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=1000), 0, progress=False)
-    steps = 1000 // 24 - 1  # 8 chains × (1 + 2) calls per step, after the 8 initial states
-    assert estimate.forward_passes == estimate.backward_passes == 8 * (1 + steps)
-    assert estimate.model_calls == 24 * (1 + steps) <= 1000
+    start = 8 * 16  # forward passes over the initial candidates (init_candidates = 16)
+    steps = (1000 - start) // 24 - 1  # 8 chains × (1 + 2) calls per step, after the 8 initial states
+    assert estimate.forward_passes == start + 8 * (1 + steps) and estimate.backward_passes == 8 * (1 + steps)
+    assert estimate.model_calls == start + 24 * (1 + steps) <= 1000
     assert estimate.samples == 8 * (steps - 10)
     assert 0 < estimate.diagnostics["acceptance_rate"] <= 1
     assert estimate.diagnostics["consistent_not_unbiased"] is True
@@ -107,7 +136,7 @@ def test_spends_the_budget_exactly_and_records_after_burn_in(toy: ToyProblem) ->
 
 def test_budget_below_init_burn_in_and_one_step_is_rejected(toy: ToyProblem) -> None:
     with pytest.raises(BudgetError, match="less than one step"):
-        run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=8 * 3 * 12 - 1), 0, progress=False)
+        run_estimator(MHIS(SMALL), toy.problem(), Budget(model_calls=8 * 16 + 8 * 3 * 12 - 1), 0, progress=False)
 
 
 def test_a_budget_below_one_step_says_which_option_to_lower_and_to_what(toy: ToyProblem) -> None:
@@ -116,12 +145,12 @@ def test_a_budget_below_one_step_says_which_option_to_lower_and_to_what(toy: Toy
     with pytest.raises(BudgetError) as info:
         run_estimator(MHIS(), toy.problem(), Budget(model_calls=10_000), 0, progress=False)
     message = str(info.value)
-    assert "98496" in message
+    assert "99008" in message  # 32 × 16 candidates + 32 chains × 3 calls × (1024 + 2) steps
     burn_in = int(re.search(r"burn_in=(\d+)", message).group(1))  # type: ignore[union-attr]
     assert MHIS({"burn_in": burn_in}).min_step_calls(2.0) <= 10_000 < MHIS({"burn_in": burn_in + 1}).min_step_calls(2.0)
     assert "chains" in message and "docs/estimators/mhis.md" in message
     with pytest.raises(BudgetError, match="lower burn_in to at most 0") as info:  # at most 0 burn-in fits
-        run_estimator(MHIS({"chains": 8}), toy.problem(), Budget(model_calls=60), 0, progress=False)
+        run_estimator(MHIS({"chains": 8}), toy.problem(), Budget(model_calls=8 * 16 + 60), 0, progress=False)
 
 
 def test_paper_budget() -> None:
@@ -140,8 +169,8 @@ def test_zero_hits_give_zero_without_nan(toy: ToyProblem) -> None:
     estimate = run_estimator(MHIS(SMALL), problem, Budget(model_calls=600), 0, progress=False)
     assert estimate.hits == 0 and estimate.value == 0.0 and estimate.std_error is None
     assert not check_sane(estimate)
-    # issue 12 (21): the zero carries a bound — exact Clopper–Pearson on the chains' initial draws from D
-    assert estimate.ci is not None and estimate.upper_bound == pytest.approx(clopper_pearson(0, 8)[1], rel=1e-12)
+    # issue 12 (21): the zero carries a bound — exact Clopper–Pearson on the chains' 8 × 16 initial draws from D
+    assert estimate.ci is not None and estimate.upper_bound == pytest.approx(clopper_pearson(0, 128)[1], rel=1e-12)
     assert "initial draws" in estimate.ci.method and "p < " in estimate.summary()
 
 
@@ -163,10 +192,10 @@ def test_default_model_paper_distribution() -> None:
     """On the default (trained) model with the paper's hex distribution: finite, within budget."""
     registry = load_registry()
     problem = compile_problem(registry, resolve_spec("hex", registry), target='argmax == "_"')
-    estimate = run_estimator(MHIS({"chains": 4, "burn_in": 2}), problem, Budget(model_calls=120), 0,
+    estimate = run_estimator(MHIS({"chains": 4, "burn_in": 2}), problem, Budget(model_calls=4 * 16 + 120), 0,
                              progress=False)
     assert not check_sane(estimate)
-    assert estimate.model_calls <= 120 and estimate.samples == 4 * 7
+    assert estimate.model_calls <= 4 * 16 + 120 and estimate.samples == 4 * 7
     assert estimate.hits == 0 or estimate.ci is not None
 
 
@@ -200,13 +229,18 @@ def test_split_rhat_is_one_for_agreeing_chains_and_large_for_drifting_ones() -> 
 
 def test_chains_that_have_not_mixed_warn(toy: ToyProblem) -> None:
     """Issue 13: MHIS with a short burn-in was 15–100× too low without a word. Chains that start far from π
-    (here: a sharp tilt, T = 0.05, and no burn-in) drift while recording; split-R̂ sees it and the estimate
-    warns, in its warnings and its summary line. A mixed run on the same toy does not warn."""
-    drifting = run_estimator(MHIS({"chains": 8, "burn_in": 0, "temperature": 0.05}), toy.problem(),
-                             Budget(model_calls=8 * 3 * 41), 0, progress=False)
+    (here: at draws from D, a sharp tilt, T = 0.05, and no burn-in) drift while recording; split-R̂ sees it and
+    the estimate warns, in its warnings and its summary line. A mixed run on the same toy does not warn."""
+    drifting = run_estimator(MHIS({"chains": 8, "burn_in": 0, "temperature": 0.05, "init_candidates": 1}),
+                             toy.problem(), Budget(model_calls=8 * 3 * 41), 0, progress=False)
     assert drifting.diagnostics["split_rhat"] > RHAT_LIMIT
     assert drifting.warnings and "have not mixed" in drifting.warnings[0]
     assert "WARNING: the chains have not mixed" in drifting.summary()
-    mixed = run_estimator(MHIS({"chains": 8, "burn_in": 10}), toy.problem(), Budget(model_calls=8 * 3 * 91), 0,
-                          progress=False)
+    # its interval is the exact one of the 8 independent initial draws, widened to hold the estimate
+    assert drifting.ci is not None and "not mixed" in drifting.ci.method
+    cp_low, cp_high = clopper_pearson(drifting.diagnostics["initial_hits"], 8)
+    assert drifting.ci.low == min(cp_low, drifting.value) and drifting.ci.high == max(cp_high, drifting.value)
+    mixed = run_estimator(MHIS({"chains": 8, "burn_in": 10}), toy.problem(), Budget(model_calls=8 * 16 + 8 * 3 * 91),
+                          0, progress=False)
     assert mixed.diagnostics["split_rhat"] <= RHAT_LIMIT and not mixed.warnings
+    assert mixed.ci is not None and mixed.ci.method == "normal (delta method over chains)"

@@ -20,6 +20,8 @@ from lowprob.core.errors import LowprobError
 from lowprob.core.estimator import Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.random import expectation
+from lowprob.core.smc import genealogy_relative_variance
+from lowprob.core.stats import clopper_pearson
 from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.plugins.builtin.input_smc import (
     bidirectional_bounds,
@@ -87,13 +89,13 @@ def lookup() -> ToyProblem:
     return toy_problem(1, d_vocab=5, length=3, model=lookup_model(positions=3, d_vocab=5, seed=1))  # p ≈ 0.079
 
 
-def fitted_twist(toy: ToyProblem, temperature: float = 1.0) -> GradientTwist:
+def fitted_twist(toy: ToyProblem, temperature: float = 1.0, defensive: float = 0.0) -> GradientTwist:
     """The gradient twist fitted on every sequence of the toy (a deterministic, non-trivial twist)."""
     layout = Layout.of(toy.distribution)
     tokens, probs = toy.distribution.enumerate()
     logits, grads = toy.model.target_gradients(tokens, toy.target)
     mean = (probs[:, None, None] * grads.double()).sum(dim=0)
-    return GradientTwist.from_gradients(layout, mean, tokens, margin(logits, toy.target), temperature)
+    return GradientTwist.from_gradients(layout, mean, tokens, margin(logits, toy.target), temperature, defensive)
 
 
 def enumerable_toy(seed: int = 4) -> ToyProblem:
@@ -108,23 +110,43 @@ def enumerable_toy(seed: int = 4) -> ToyProblem:
     return ToyProblem(model, dist, ArgmaxIs(token), float(probs[token]))
 
 
+@pytest.mark.parametrize("defensive", [0.0, 0.3])
 @pytest.mark.parametrize("threshold", [1.0, 0.0])
-def test_exact_expectation_equals_the_probability(threshold: float) -> None:
+def test_exact_expectation_equals_the_probability(threshold: float, defensive: float) -> None:
     """Every outcome of every draw of two-particle twisted SMC enumerated (multinomial resampling at every step,
-    or never): E[Ẑ] = p to rounding, with a non-trivial twist and constant positions."""
+    or never): E[Ẑ] = p to rounding, with a non-trivial twist (floored or not) and constant positions; and
+    the genealogy variance from the particles' initial ancestors is exactly unbiased, E[Ẑ²·V] = Var Ẑ."""
     toy = enumerable_toy()
-    twist = fitted_twist(toy)
+    twist = fitted_twist(toy, defensive=defensive)
     layout = Layout.of(toy.distribution)
     assert layout.positions == (1, 2) and twist.fit.gamma > 0
 
-    def run(generator: Any) -> float:
+    def run(generator: Any) -> tuple[float, float]:
         sweep = run_twisted_smc(MeteredModel(toy.model), layout, twist, toy.target, 2, generator,
                                 resampling="multinomial", ess_threshold=threshold)
-        return math.exp(sweep.log_z)
+        z = math.exp(sweep.log_z)
+        return z, z**2 * genealogy_relative_variance(sweep.log_weights, sweep.eve, sweep.resamples)
 
-    result = expectation(run, max_paths=1000)
+    result = expectation(lambda g: run(g)[0], max_paths=1000)
     assert result.mass == pytest.approx(1.0, abs=1e-12)
     assert result.value == pytest.approx(toy.exact, rel=1e-9)
+    second = expectation(lambda g: run(g)[0] ** 2, max_paths=1000).value
+    variance = expectation(lambda g: run(g)[1], max_paths=1000).value
+    assert second - toy.exact**2 > 0 and variance == pytest.approx(second - toy.exact**2, rel=1e-9)
+
+
+def test_the_defensive_floor_bounds_the_twist_below() -> None:
+    """ψ' = (1 − δ)ψ + δψ̄ entry by entry, so every table entry is at least δ·ψ̄; δ = 0 leaves ψ alone."""
+    toy = enumerable_toy()
+    plain, floored = fitted_twist(toy), fitted_twist(toy, defensive=0.2)
+    assert floored.describe()["defensive"] == 0.2 and plain.log_floor == -math.inf
+    state = plain.start(1)
+    for j in range(Layout.of(toy.distribution).steps):
+        raw, _ = plain.log_table(j, state, None)
+        guarded, _ = floored.log_table(j, state, None)
+        assert torch.all(guarded >= floored.log_floor - 1e-12)
+        assert torch.allclose(guarded.exp(), 0.8 * raw.exp() + math.exp(floored.log_floor), rtol=1e-12)
+        state = plain.advance(j, state, torch.zeros(1, dtype=torch.int64))
 
 
 def test_ess_triggered_resampling_is_exactly_unbiased() -> None:
@@ -215,7 +237,7 @@ def test_bounds_through_the_estimator(lookup: ToyProblem) -> None:
 def test_unbiased_on_a_tiny_transformer(toy: ToyProblem, threshold: float, method: str) -> None:
     """The conformance kit's replicate check (160 seeds, 4 standard errors: 100 could not see a 10 % bias),
     resampling at every step or never."""
-    report = check_unbiased(TwistedSMC, toy, Budget(model_calls=600), seeds=range(160),
+    report = check_unbiased(TwistedSMC, toy, Budget(model_calls=700), seeds=range(160),
                             options={"particles": 32, "pilot": 32, "ess_threshold": threshold, "resampling": method})
     assert report.passed, report.detail
 
@@ -228,9 +250,11 @@ class RawHitFraction(TwistedSMC):
     def step(self, state, problem, generator, context):
         before = state.hits
         new, info = super().step(state, problem, generator, context)
-        if len(new.log_z) > len(state.log_z):
-            fraction = (new.hits - before) / new.sizes[-1]
-            new = replace(new, log_z=(*new.log_z[:-1], math.log(fraction) if fraction else -math.inf))
+        if len(new.runs) > len(state.runs):
+            last = new.runs[-1]
+            fraction = (new.hits - before) / last.size
+            log_z = math.log(fraction) if fraction else -math.inf
+            new = replace(new, runs=(*new.runs[:-1], replace(last, log_z=log_z)))
         return new, info
 
 
@@ -247,7 +271,11 @@ def test_nothing_hits_gives_zero_with_a_finite_bound_and_no_nan(toy: ToyProblem)
     estimate = run_estimator(TwistedSMC({"particles": 16, "pilot": 30}), problem, Budget(model_calls=300), seed=0,
                              progress=False)
     assert estimate.value == 0 and not check_sane(estimate)
-    assert estimate.ci is not None and 0 < estimate.ci.high < 1 and "pilot" in estimate.ci.method
+    # issue 13: the bound is Clopper–Pearson on every independent draw from D: the pilot's and the naive share's
+    draws = estimate.diagnostics["pilot_samples"] + estimate.diagnostics["naive_samples"]
+    assert estimate.diagnostics["naive_samples"] == int(0.125 * 300) and estimate.diagnostics["naive_hits"] == 0
+    assert estimate.ci is not None and estimate.ci.high == pytest.approx(clopper_pearson(0, draws)[1], rel=1e-12)
+    assert f"{draws} independent draws" in estimate.ci.method
     assert estimate.diagnostics["zero_replicates"] == estimate.diagnostics["replicates"]
     sweep = run_twisted_smc(problem.model, Layout.of(toy.distribution), GradientTwist.flat(Layout.of(toy.distribution)),
                             problem.target, 8, torch.Generator())
