@@ -330,8 +330,10 @@ LEVEL = 0.95
 def run_jobs(problems: Mapping[ProblemKey, Problem], registry: Registry, engine: Engine, jobs: Sequence[Job],
              executor: Executor | None = None) -> Iterator[ResultRow]:
     """Run the pending ``jobs`` into ``engine``, each on its problem in ``problems`` (by model, distribution and
-    target: what a worker compiles the row's spec to); an estimator's own error becomes an error row. On an
-    ``executor`` other than serial the rows are tasks grouped by model, written here as they come back."""
+    target: what a worker compiles the row's spec to); an estimator's own error becomes an error row, and so does
+    a bug in it (an exception that is not a :class:`LowprobError`, quoted as ``internal error``), so one broken
+    estimator cannot stop a long bench. On an ``executor`` other than serial the rows are tasks grouped by model,
+    written here as they come back."""
     if executor is not None and not executor.in_process:
         def task(job: Job) -> _Task:
             return _Task(job.spec, resolve_spec(job.spec.distribution, registry), None, (job.spec.target or "",),
@@ -347,7 +349,7 @@ def run_jobs(problems: Mapping[ProblemKey, Problem], registry: Registry, engine:
             estimate = run_problem(registry, problems[(spec.model, spec.distribution, spec.target or "")],
                                    spec.estimator, spec.options,
                                    spec.budget, spec.seed or 0, level=LEVEL, progress=False)
-        except LowprobError as exc:
+        except Exception as exc:  # noqa: BLE001 - an estimator's bug becomes an error row (see the docstring)
             return _error_row(spec, exc)
         return ResultRow.of(spec, estimate=estimate)
 
@@ -355,8 +357,9 @@ def run_jobs(problems: Mapping[ProblemKey, Problem], registry: Registry, engine:
         yield row
 
 
-def _error_row(spec: RowSpec, error: LowprobError) -> ResultRow:
-    return ResultRow.of(spec, error=f"{type(error).__name__}: {error}")
+def _error_row(spec: RowSpec, error: Exception) -> ResultRow:
+    bug = "" if isinstance(error, LowprobError) else "internal error (a bug in the estimator): "
+    return ResultRow.of(spec, error=f"{bug}{type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True)
@@ -366,7 +369,7 @@ class _Task(RowTask):
     def run(self) -> ResultRow:
         try:
             return super().run()
-        except LowprobError as exc:
+        except Exception as exc:  # noqa: BLE001 - as in a serial run
             return _error_row(self.spec, exc)
 
 

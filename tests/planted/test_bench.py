@@ -250,3 +250,20 @@ def test_list_shows_every_problem_with_its_exact_value() -> None:
     assert out.exit_code == 0, out.output
     assert "planted-threshold-e12" in out.output and "9.996447517472e-13" in out.output
     assert "planted-needle-e10" in out.output and "tuning" in out.output
+
+
+def test_an_estimator_bug_becomes_an_error_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               registry: Registry) -> None:
+    """A long bench must not stop at one estimator's bug: it is quoted in an error row (and the next job runs)."""
+    import lowprob.bench as bench
+    from lowprob.engine import Engine, Job
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OverflowError("math range error")
+
+    monkeypatch.setattr(bench, "run_problem", broken)
+    jobs = [Job(RowSpec(model="m", distribution="d", distribution_hash="h", target="hit", estimator="x", label="x",
+                        budget=Budget(model_calls=100), seed=seed)) for seed in (0, 1)]
+    rows = list(bench.run_jobs({("m", "d", "hit"): None}, registry, Engine(tmp_path / "r.jsonl"),  # type: ignore[dict-item]
+                               jobs))
+    assert [r.error for r in rows] == ["internal error (a bug in the estimator): OverflowError: math range error"] * 2
