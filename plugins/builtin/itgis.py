@@ -1,17 +1,21 @@
-"""ITGIS: independent-token gradient importance sampling (Wu & Hilton 2025, §5.3).
+"""ITGIS: independent-token gradient importance sampling (Wu & Hilton 2025, §5.3), made robust at depth.
 
-Each batch draws every position independently from ``q_i(v) ∝ D_i(v) · exp(S[i, v] / τ_m)``, where ``S`` is a
-decaying sum of earlier batches' mean token gradients of the target score; weighting hits by ``D(x)/q(x)``
-keeps every batch unbiased given the past, so the mean of all weighted hits is unbiased.
+Each batch draws from the defensive mixture ``q = α·D + (1 − α)·q_λ`` of D and the product proposal
+``q_λ,i(v) ∝ D_i(v) · exp(λ · S[i, v])``, where ``S`` is a decaying sum of earlier batches' mean token gradients of
+the target score. The tilt strength λ is the paper's ``1/τ_m`` until a hit is seen, then the cross-entropy choice
+along ``S`` fitted to the weighted hits so far (the gradient gives the direction, the hits its scale). Weighting
+every draw by ``D(x)/q(x)`` keeps each batch unbiased given the past, and the mixture bounds every weight by 1/α.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from pydantic import Field
+from scipy import optimize
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
@@ -24,8 +28,9 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
+from lowprob.core.random import categorical
 from lowprob.core.stats import WeightTally, adaptive_zero_hit_bound, normal_interval
-from lowprob.plugins.builtin.token_scores import gather_rows, sample_rows, tilted_log_probs
+from lowprob.plugins.builtin.token_scores import gather_rows, sample_rows
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
 
@@ -33,54 +38,121 @@ from lowprob.plugins.registry import Registrar
 class ITGISOptions(EstimatorOptions):
     """Options of ITGIS."""
 
-    temperature: float = Field(default=1.0, gt=0, description="T: the proposal tilts D by exp(mean gradient / T)")
+    temperature: float = Field(default=1.0, gt=0, description="T: until the first hit the proposal tilts D by "
+                                                              "exp(mean gradient / T)")
     batch_size: int = Field(default=256, ge=1, description="samples per batch (one proposal update per batch)")
     decay: float = Field(default=0.9, ge=0, lt=1, description="β: decay of the running gradient-score table")
+    tilt: Literal["cross-entropy", "temperature"] = Field(
+        default="cross-entropy", description="tilt strength once hits exist: fitted to the weighted hits "
+                                             "(cross-entropy) or the paper's fixed 1/τ_m (temperature)")
+    defensive: float = Field(default=0.1, ge=0, lt=1, description="α: share of D in the proposal mixture; every "
+                                                                  "weight is at most 1/α (0: the paper's pure tilt)")
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """One batch's product proposal: ``log_q`` ``[positions, vocab]`` and the matching ``log D`` table."""
+    """One batch's proposal ``α·D + (1 − α)·q_λ``: ``log D`` and the tilted ``log q_λ`` ``[positions, vocab]``
+    (α is dropped when λ = 0: q_λ is then D itself)."""
 
     log_d: torch.Tensor
     log_q: torch.Tensor
-    temperature: float
+    defensive: float
+    strength: float
 
     @staticmethod
-    def tilt(log_d: torch.Tensor, scores: torch.Tensor, temperature: float) -> Proposal:
-        return Proposal(log_d, tilted_log_probs(log_d, scores, temperature), temperature)
+    def tilt(log_d: torch.Tensor, scores: torch.Tensor, strength: float, defensive: float) -> Proposal:
+        if strength == 0:
+            return Proposal(log_d, log_d, 0.0, 0.0)
+        return Proposal(log_d, torch.log_softmax(log_d + strength * scores.to(torch.float64), dim=-1), defensive,
+                        strength)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` sequences ``[n, positions]`` and their exact log importance ratios ``log D(x) − log q(x)``."""
-        tokens = sample_rows(self.log_q, n, generator)
-        return tokens, self.log_ratio(tokens)
+        """``n`` sequences ``[n, positions]`` (those drawn from D first) and their exact log weights."""
+        from_d = 0
+        if self.defensive > 0:
+            component = categorical(torch.tensor([self.defensive, 1 - self.defensive], dtype=torch.float64), n,
+                                    generator)
+            from_d = int((component == 0).sum())
+        parts = [sample_rows(table, count, generator) for table, count in ((self.log_d, from_d),
+                                                                           (self.log_q, n - from_d)) if count]
+        tokens = torch.cat(parts)
+        return tokens, self.log_weight(tokens)
 
-    def log_ratio(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``Σ_i log D_i(x_i) − log q_i(x_i)``; constant positions contribute exactly 0."""
-        return (gather_rows(self.log_d, tokens) - gather_rows(self.log_q, tokens)).sum(dim=1)
+    def log_weight(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``log D(x) − log q(x) = −log(α + (1 − α)·q_λ(x)/D(x))``; constant positions contribute exactly 0."""
+        log_tilt = (gather_rows(self.log_q, tokens) - gather_rows(self.log_d, tokens)).sum(dim=1)
+        return -self._log_mixture(log_tilt)
 
     @property
     def log_max_weight(self) -> float:
-        """log of the largest possible weight ``max_x D(x)/q(x)`` (over the support)."""
-        ratio = torch.where(torch.isfinite(self.log_d), self.log_d - self.log_q, -math.inf)
-        return float(ratio.max(dim=1).values.sum())
+        """log of the largest possible weight ``max_x D(x)/q(x)`` (over the support; at most log 1/α)."""
+        ratio = torch.where(torch.isfinite(self.log_d), self.log_q - self.log_d, math.inf)
+        return float(-self._log_mixture(ratio.min(dim=1).values.sum()))
+
+    def _log_mixture(self, log_tilt: torch.Tensor) -> torch.Tensor:
+        """``log(α + (1 − α)·exp(log_tilt))``, exact in log space (``log_tilt`` when α = 0)."""
+        if self.defensive == 0:
+            return log_tilt
+        log_tilt = torch.as_tensor(log_tilt, dtype=torch.float64)
+        return torch.logaddexp(torch.full_like(log_tilt, math.log(self.defensive)),
+                               log_tilt + math.log1p(-self.defensive))
+
+
+def cross_entropy_strength(log_d: torch.Tensor, scores: torch.Tensor, hit_tokens: torch.Tensor,
+                           hit_log_w: torch.Tensor) -> float:
+    """λ ≥ 0 maximising ``Σ_j w_j log q_λ(x_j)`` over the weighted hits ``x_j`` (their weighted empirical law
+    estimates D conditioned on the event): the moment match ``E_{q_λ}[S(X)] = Σ_j w_j S(x_j) / Σ_j w_j``.
+
+    The log-likelihood is concave in λ (an exponential family), so the match is unique; λ = 0 when the hits do
+    not score above D's mean, and the largest bracketed λ when they all sit at the top score.
+    """
+    scores = scores.to(torch.float64)
+    on_support = torch.isfinite(log_d)
+    table = torch.where(on_support, scores, 0.0)
+    hit_scores = gather_rows(table, hit_tokens).sum(dim=1)
+    share = torch.softmax(hit_log_w.to(torch.float64), dim=0)
+    goal = float((share * hit_scores).sum())
+
+    def excess(strength: float) -> float:
+        q = torch.softmax(log_d + strength * table, dim=-1)
+        return float((q * table).sum()) - goal
+
+    spread = float((table.max(dim=1).values - torch.where(on_support, table, math.inf).min(dim=1).values).max())
+    if spread == 0 or excess(0.0) >= 0:
+        return 0.0
+    high = 1.0 / spread
+    for _ in range(200):
+        if excess(high) >= 0:
+            return float(optimize.brentq(excess, 0.0, high, xtol=1e-12 * high, rtol=1e-10))
+        high *= 2
+    return high
 
 
 @dataclass(frozen=True)
 class ITGISState:
-    """The score table ``S``, the running tally of weights and weighted hits, and each batch's draws with the log
-    of its proposal's largest weight (for the zero-hit bound)."""
+    """The score table ``S``, the tallies of the pilot batch 0 and of the later batches, the hits so far (tokens
+    and log weights, for the cross-entropy tilt) and each batch's draws with the log of its proposal's largest
+    weight (for the zero-hit bound)."""
 
     log_d: torch.Tensor
     scores: torch.Tensor
+    hit_tokens: torch.Tensor
+    hit_log_w: torch.Tensor
     batches: int = 0
+    pilot: WeightTally = WeightTally()
     tally: WeightTally = WeightTally()
     batch_weights: tuple[tuple[int, float], ...] = ()
-    temperature: float = 1.0
+    strength: float = 0.0
+
+    @property
+    def estimate(self) -> WeightTally:
+        """The tally the estimate averages: batches 1, 2, … (tilted), or the pilot when it is the only batch."""
+        return self.tally if self.tally.samples else self.pilot
 
 
 class ITGIS(Estimator[ITGISState]):
-    """Adaptive importance sampling from a product proposal tilted by running token-gradient scores (unbiased)."""
+    """Adaptive defensive-mixture importance sampling from a product proposal tilted along running token-gradient
+    scores, with the tilt strength fitted to the hits (unbiased; every weight ≤ 1/α)."""
 
     name = "itgis"
     Options = ITGISOptions
@@ -89,46 +161,59 @@ class ITGIS(Estimator[ITGISState]):
 
     def init(self, problem: Problem, generator: torch.Generator) -> ITGISState:
         log_d = problem.distribution.dense_log_probs()
-        return ITGISState(log_d=log_d, scores=torch.zeros_like(log_d))
+        return ITGISState(log_d=log_d, scores=torch.zeros_like(log_d),
+                          hit_tokens=torch.zeros((0, log_d.shape[0]), dtype=torch.int64),
+                          hit_log_w=torch.zeros(0, dtype=torch.float64))
 
-    def batch_temperature(self, batch: int) -> float:
-        """τ_m: 1 at batch 0 (S = 0, so q = D), then T·(1 − β^m)/(1 − β), so S/τ_m is the mean score over T."""
-        if batch == 0:
-            return 1.0
+    def strength(self, state: ITGISState) -> float:
+        """λ for the next batch: the cross-entropy fit once there are hits (``tilt="cross-entropy"``), else the
+        paper's 1/τ_m with τ_m = T·(1 − β^m)/(1 − β), so λ·S is the mean score over T (S = 0 at batch 0)."""
+        if self.options.tilt == "cross-entropy" and state.hit_tokens.shape[0]:
+            return cross_entropy_strength(state.log_d, state.scores, state.hit_tokens, state.hit_log_w)
+        if state.batches == 0:
+            return 0.0
         beta = self.options.decay
-        return self.options.temperature * (1 - beta**batch) / (1 - beta)
+        return (1 - beta) / (self.options.temperature * (1 - beta**state.batches))
 
     def step(self, state: ITGISState, problem: Problem, generator: torch.Generator,
              context: StepContext) -> tuple[ITGISState, StepInfo]:
         n = context.affordable(1.0 + context.backward_weight, self.options.batch_size)
         if n == 0:
-            return state, StepInfo(samples=state.tally.samples, done=True)
-        proposal = Proposal.tilt(state.log_d, state.scores, self.batch_temperature(state.batches))
+            return state, StepInfo(samples=state.pilot.samples + state.tally.samples, done=True)
+        proposal = Proposal.tilt(state.log_d, state.scores, self.strength(state), self.options.defensive)
         tokens, log_w = proposal.sample(n, generator)
         logits, mean_grads = problem.model.mean_target_gradients(tokens, problem.target)
         hit = problem.target.hits(logits).cpu()
         w = log_w.exp()
+        pilot, tally = (state.pilot.add(w, hit), state.tally) if state.batches == 0 else \
+            (state.pilot, state.tally.add(w, hit))
         new = replace(
             state,
+            pilot=pilot,
+            tally=tally,
             scores=self.options.decay * state.scores + mean_grads.cpu().to(torch.float64),
+            hit_tokens=torch.cat([state.hit_tokens, tokens[hit]]),
+            hit_log_w=torch.cat([state.hit_log_w, log_w[hit]]),
             batches=state.batches + 1,
-            tally=state.tally.add(w, hit),
             batch_weights=(*state.batch_weights, (n, proposal.log_max_weight)),
-            temperature=proposal.temperature,
+            strength=proposal.strength,
         )
-        return new, StepInfo(value=new.tally.value, std_error=new.tally.std_error, samples=new.tally.samples)
+        running = new.estimate
+        return new, StepInfo(value=running.value, std_error=running.std_error,
+                             samples=new.pilot.samples + new.tally.samples)
 
     def result(self, state: ITGISState, problem: Problem, level: float) -> EstimatorOutput:
-        tally = state.tally
+        tally = state.estimate
         if tally.samples == 0:
             raise LowprobError("itgis drew no samples; the budget ran out before the first batch")
         if tally.hits:
             low, high = normal_interval(tally.value, tally.std_error or 0.0, level)
             ci = ConfidenceInterval(low=low, high=high, level=level, method="normal")
-        else:
-            ci = ConfidenceInterval(low=0.0, high=adaptive_zero_hit_bound(state.batch_weights, level), level=level,
+        else:  # the pilot's draws join the bound unless it hit (then they are not "no hit" draws)
+            unhit = state.batch_weights[1 if state.pilot.hits else 0:]
+            ci = ConfidenceInterval(low=0.0, high=adaptive_zero_hit_bound(unhit, level), level=level,
                                     method="no hit: exact bound from each batch's draws and largest weight "
-                                           "(per-batch max D/q)")
+                                           "(per-batch max D/q ≤ 1/α)")
         return EstimatorOutput(
             value=tally.value,
             std_error=tally.std_error,
@@ -137,7 +222,9 @@ class ITGIS(Estimator[ITGISState]):
             samples=tally.samples,
             diagnostics={
                 **tally.diagnostics(),
-                "final_temperature": state.temperature,
+                "final_tilt_strength": state.strength,
+                "pilot_samples": state.pilot.samples if tally is state.tally else 0,
+                "pilot_hits": state.pilot.hits if tally is state.tally else 0,
                 "batches": state.batches,
                 "std_error_method": "iid sample std of w*y / sqrt(N) (ignores the adaptivity)",
             },
