@@ -238,7 +238,8 @@ def reference_cross_check(model: str, distribution: str, n_tokens: int, band: tu
 @click.option("--band", type=(float, float), default=(1e-9, 1e-5), show_default=True)
 @click.option("--max-hits", type=click.IntRange(0), default=11, show_default=True,
               help="Candidates: tokens with at most this many shipped ground-truth hits.")
-@click.option("--pilot", default="itgis", show_default=True, help="Pilot estimator.")
+@click.option("--pilot", default="itgis", show_default=True, help="Pilot estimator (unbiased).")
+@click.option("--pilot-option", "pilot_options", multiple=True, help="key=value for the pilot, e.g. batch_size=64.")
 @click.option("--pilot-calls", type=Count(1), default="2^12", show_default=True)
 @click.option("--choose", "n_choose", type=click.IntRange(0), default=0, help="Also choose this many test tokens.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -246,18 +247,20 @@ def reference_cross_check(model: str, distribution: str, n_tokens: int, band: tu
               help="Pilot rows (results file); resumed if there.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
 def reference_screen(model: str, distribution: str, n_screen: int, band: tuple[float, float], max_hits: int,
-                     pilot: str, pilot_calls: int, n_choose: int, seed: int, output: Path, threads: int) -> None:
-    """Screen tokens the shipped ground truth barely saw for targets whose pilot lies in BAND."""
+                     pilot: str, pilot_options: tuple[str, ...], pilot_calls: int, n_choose: int, seed: int,
+                     output: Path, threads: int) -> None:
+    """Screen tokens the shipped ground truth barely saw for targets: keep a positive pilot meeting BAND."""
     torch.set_num_threads(threads)
     registry = load_registry()
-    rules = ScreenRules(band=band, max_hits=max_hits, screen=n_screen, pilot=ReferenceMethod(estimator=pilot),
-                        pilot_calls=pilot_calls, seed=seed)
+    (method,) = parse_methods([pilot], [f"{pilot}.{o}" for o in pilot_options])
+    rules = ScreenRules(band=band, max_hits=max_hits, screen=n_screen, pilot=method, pilot_calls=pilot_calls,
+                        seed=seed)
     gt = load_shipped(model, distribution)
     source = compile_source(registry, resolve_spec(distribution, registry), model=model)
     result = screen(registry, Engine(output), source, gt, rules)
     click.echo(f"{result.candidates} candidates (≤ {max_hits} hits in {gt.samples}); piloted {len(result.screened)}; "
-               f"{len(result.kept)} in [{band[0]:g}, {band[1]:g}); cost {result.calls:.0f} calls, "
-               f"{result.seconds:.0f} s")
+               f"{len(result.kept)} kept (a positive pilot whose interval meets [{band[0]:g}, {band[1]:g})); "
+               f"cost {result.calls:.0f} calls, {result.seconds:.0f} s")
     click.echo("kept: " + " ".join(f"#{t}={result.pilots[t]:.2g}" for t in result.kept))
     if n_choose:
         click.echo("chosen: " + " ".join(f"#{t}" for t in result.choose(n_choose, seed)))

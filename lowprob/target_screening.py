@@ -19,6 +19,7 @@ from lowprob.api import CompiledSource, run_problem
 from lowprob.config_files import StrictModel
 from lowprob.core.budget import Budget
 from lowprob.core.errors import LowprobError
+from lowprob.core.estimate import Estimate
 from lowprob.core.random import Seed
 from lowprob.engine import Engine, Job
 from lowprob.ground_truth import GroundTruth
@@ -34,7 +35,8 @@ SCREEN_EXPERIMENT = "lowprob-screen/1"
 class ScreenRules(StrictModel):
     """Which tokens are screened, with what pilot, and which band keeps them."""
 
-    band: tuple[float, float] = Field(default=PAPER_BAND, description="keep tokens whose pilot lies in [low, high)")
+    band: tuple[float, float] = Field(default=PAPER_BAND, description="keep tokens whose positive pilot's "
+                                   "interval meets [low, high)")
     max_hits: int = Field(default=11, ge=0, description="candidates: at most this many ground-truth hits (fewer "
                           "than the 12 a brute-force target needs); never-seen tokens included")
     screen: int = Field(default=64, ge=1, description="candidates piloted, the first of a seeded permutation")
@@ -46,7 +48,7 @@ class ScreenRules(StrictModel):
 @dataclass(frozen=True)
 class Screening:
     """What a screening did: how many candidates there were, which were piloted (in order), each pilot value,
-    which lie in the band, and what it cost."""
+    which were kept (a positive pilot whose interval meets the band) and what it cost."""
 
     candidates: int
     screened: tuple[int, ...]
@@ -79,12 +81,14 @@ def screening_order(gt: GroundTruth, rules: ScreenRules) -> tuple[int, ...]:
 
 def screen(registry: Registry, engine: Engine, source: CompiledSource, gt: GroundTruth, rules: ScreenRules,
            on_pilot: Callable[[int, ResultRow], None] | None = None) -> Screening:
-    """Pilot every token of :func:`screening_order` (rows already in ``engine`` are reused) and keep those in
-    the band; the pilot's seed is a reference seed, disjoint from test runs'."""
+    """Pilot every token of :func:`screening_order` (rows already in ``engine`` are reused) and keep those whose
+    pilot is positive with an interval meeting the band; the pilot's seed is a reference seed, disjoint from test
+    runs'."""
     band, pilot = Band(*rules.band), rules.pilot
     registry.create_estimator(pilot.estimator, pilot.options)
     backward = registry.estimator(pilot.estimator).paper_budget().backward_weight
     order, pilots, calls, seconds = screening_order(gt, rules), {}, 0.0, 0.0
+    kept = []
     for token in order:
         problem = ReferenceProblem.argmax(source, gt.distribution, token)
         if problem.distribution_hash != gt.distribution_hash:
@@ -110,9 +114,17 @@ def screen(registry: Registry, engine: Engine, source: CompiledSource, gt: Groun
                 on_pilot(token, row)
         if row.estimate is not None:
             pilots[token] = row.estimate.value
+            if _plausible(row.estimate, band):
+                kept.append(token)
             calls, seconds = calls + row.estimate.model_calls, seconds + row.estimate.seconds
-    kept = tuple(t for t in order if t in pilots and bool(band.contains(pilots[t])))
-    return Screening(len(candidates(gt, rules.max_hits)), order, pilots, kept, calls, seconds)
+    return Screening(len(candidates(gt, rules.max_hits)), order, pilots, tuple(kept), calls, seconds)
+
+
+def _plausible(estimate: Estimate, band: Band) -> bool:
+    """A pilot keeps its token when it hit the target at all and its interval meets the band: a short pilot at
+    1e-6 sees one or two hits, whose point value lies far from p (measured: 2e-5 to 7e-5 for a 5e-6 token)."""
+    low, high = (estimate.ci.low, estimate.ci.high) if estimate.ci is not None else (estimate.value, estimate.value)
+    return estimate.value > 0 and low < band.high and high >= band.low
 
 
 @dataclass(frozen=True)
