@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import torch
 
@@ -129,7 +129,7 @@ class OutputTarget:
         return f"{head} {self.test.describe()}"
 
 
-Event = Target | OutputTarget
+Event: TypeAlias = Target | OutputTarget
 """What a problem asks about: the next token after the input (:data:`Target`) or what the model generates."""
 
 
