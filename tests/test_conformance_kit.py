@@ -204,7 +204,7 @@ def test_the_exact_check_has_teeth(small_lookup: ToyProblem) -> None:
     assert "exact expectation" in report.detail
 
 
-MHIS_OPTIONS = {"chains": 2, "burn_in": 0}
+MHIS_OPTIONS = {"chains": 2, "burn_in": 0, "init_candidates": 1}
 MHIS_BUDGET = Budget(model_calls=12)
 """Initial states and one recorded step of two chains (each chain state costs 1 forward + 2 backward)."""
 
