@@ -123,6 +123,10 @@ class Decoder(Protocol):
         """Logits ``[B, d_vocab]`` after appending ``tokens [B]``."""
         ...
 
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the sequences ``index [B]`` (with repeats: resampled particles), in that order."""
+        ...
+
     def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         """Logits ``[B, keep, d_vocab]`` at the last ``keep`` positions of ``tokens [B, n]`` (position i sees
         tokens ≤ i), teacher-forced."""
@@ -144,6 +148,10 @@ class CachedDecoder:
         assert self.cache is not None, "start the decoder first"
         return self.fast.decode(self.cache, tokens[:, None])[:, -1].float()
 
+    def select(self, index: torch.Tensor) -> None:
+        assert self.cache is not None, "start the decoder first"
+        self.cache = self.cache.select(index.to(self.cache.keys[0].device))
+
     def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         return self.fast.decode(self.fast.new_cache(tokens.shape[0], tokens.shape[1]), tokens, keep).float()
 
@@ -162,6 +170,9 @@ class RecomputeDecoder:
     def push(self, tokens: torch.Tensor) -> torch.Tensor:
         self.sequences = torch.cat([self.sequences, tokens[:, None].to(self.sequences.device)], dim=1)
         return self.adapter.last_logits(self.sequences)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.sequences = self.sequences[index.to(self.sequences.device)]
 
     def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         n = tokens.shape[1]

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import torch
 
 from lowprob.core import generation
+from lowprob.core.errors import LowprobError
 from lowprob.core.generation import Generation, Sampling
 from lowprob.core.model import ModelAdapter
 from lowprob.core.random import Enumerator
@@ -132,6 +133,12 @@ class MeteredModel:
     def embedding_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         return self._metered(True, self.adapter.embedding_gradients, tokens, target)
 
+    def decoding(self, tokens: torch.Tensor, steps: int) -> Decoding:
+        """An incremental decoding session over the prompts ``tokens [B, n]`` for up to ``steps`` tokens, for
+        estimators that choose each token themselves (twisted SMC over generated tokens); it costs what
+        :meth:`generate` of ``steps`` tokens costs."""
+        return Decoding(self, tokens, steps)
+
     @property
     def W_E(self) -> torch.Tensor:  # noqa: N802
         return self.adapter.W_E
@@ -148,3 +155,49 @@ class MeteredModel:
         """A fresh meter over the same model: compute counted on it is reported apart from this one's (e.g.
         twist training kept outside an estimate's budget)."""
         return MeteredModel(self.adapter)
+
+
+class Decoding:
+    """Next-token logits of ``B`` sequences that grow one chosen token at a time, on a :class:`MeteredModel`.
+
+    ``logits`` ``[B, d_vocab]`` are those after the tokens so far; :meth:`push` appends one token per sequence
+    (at most ``steps - 1`` times: the last chosen token is never run), :meth:`select` keeps sequences by index
+    (resampling; free, since it copies computed keys and values). Opening the session costs what
+    :meth:`MeteredModel.generate` of ``steps`` tokens costs (one forward pass per sequence over ``n + steps - 1``
+    positions, ``steps`` generated tokens), counted when it opens.
+    """
+
+    def __init__(self, meter: MeteredModel, tokens: torch.Tensor, steps: int) -> None:
+        started = time.perf_counter()
+        tokens = generation.check_request(meter.adapter, tokens, steps, "decoding")
+        self.meter, self.steps, self.pushed = meter, steps, 0
+        self.decoder = generation.decoder(meter.adapter, tokens.shape[1] + steps - 1)
+        self.logits = self.decoder.start(tokens)
+        meter._forward += tokens.shape[0]
+        meter._positions += tokens.shape[0] * (tokens.shape[1] + steps - 1)
+        meter._generated += tokens.shape[0] * steps
+        meter._seconds += time.perf_counter() - started
+
+    @property
+    def batch(self) -> int:
+        return int(self.logits.shape[0])
+
+    def push(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens [B]`` and return the next logits ``[B, d_vocab]``."""
+        if self.pushed + 1 >= self.steps:
+            raise LowprobError(f"decoding: this session was opened for {self.steps} tokens, and the last one is "
+                               "chosen from the logits, never pushed")
+        if tokens.shape != (self.batch,):
+            raise LowprobError(f"decoding: push one token per sequence ([{self.batch}]), got {list(tokens.shape)}")
+        started = time.perf_counter()
+        self.logits = self.decoder.push(tokens.to(self.logits.device))
+        self.pushed += 1
+        self.meter._seconds += time.perf_counter() - started
+        return self.logits
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the sequences ``index [B]`` (repeats allowed), in that order; the batch size stays ``B``."""
+        if index.shape != (self.batch,):
+            raise LowprobError(f"decoding: select needs {self.batch} indices, got {list(index.shape)}")
+        self.decoder.select(index)
+        self.logits = self.logits[index.to(self.logits.device)]

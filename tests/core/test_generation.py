@@ -264,3 +264,24 @@ def test_generation_on_a_gpu_gives_the_cpu_tokens() -> None:
     assert torch.equal(on_gpu.tokens.cpu(), generate(cpu, prompts, 6, Sampling.argmax(), torch.Generator()).tokens)
     reference = continuation_logprobs(cpu, prompts, on_gpu.tokens.cpu(), Sampling.sample())
     assert (scored.cpu() - reference).abs().max() < TOL
+
+
+def test_a_decoding_session_follows_generate_and_costs_what_it_costs() -> None:
+    meter = MeteredModel(tiny_model(d_vocab=7, n_ctx=10, n_layers=2, seed=21))
+    prompts = _prompts(meter.adapter, 4, 3, seed=22)
+    greedy = generate(meter.adapter, prompts, 4, Sampling.argmax(), torch.Generator())
+    session = meter.decoding(prompts, 4)
+    assert meter.cost.forward_passes == 4 and meter.cost.positions == 4 * 6 and meter.cost.generated_tokens == 16
+    chosen = []
+    for step in range(4):
+        chosen.append(session.logits.argmax(-1))
+        if step < 3:
+            session.push(chosen[-1])
+    assert torch.equal(torch.stack(chosen, dim=1), greedy.tokens)
+    assert meter.cost.forward_passes == 4 and meter.cost.positions == 24  # pushes were paid for at the start
+    with pytest.raises(LowprobError, match="opened for 4 tokens"):
+        session.push(chosen[-1])
+    with pytest.raises(LowprobError, match="select needs 4 indices"):
+        session.select(torch.tensor([0, 1]))
+    session.select(torch.tensor([3, 3, 0, 1]))
+    assert torch.equal(session.logits.argmax(-1), chosen[-1][[3, 3, 0, 1]])
