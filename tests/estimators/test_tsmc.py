@@ -423,3 +423,16 @@ def test_a_constant_input_is_exact(toy: ToyProblem, cls: type[TwistedSMC]) -> No
         estimate = run_estimator(cls(options), problem, Budget(model_calls=900), seed=0, progress=False)
         assert estimate.value == exact and not check_sane(estimate)
         assert estimate.ci is not None and estimate.ci.high >= exact
+
+
+def test_an_unverifiable_interval_says_so(toy: ToyProblem, lookup: ToyProblem) -> None:
+    """Issue 13: where naive sampling of as many draws would expect few hits (p ≈ 0.007, ~400 particles) the
+    interval cannot be checked against the twist's blind spots and the estimate warns, quoting the measured
+    coverage; with tens of naive-equivalent hits (p ≈ 0.08) it does not."""
+    rare = run_estimator(TwistedSMC({"particles": 32, "pilot": 32}), toy.problem(), Budget(model_calls=600), seed=0,
+                         progress=False)
+    assert rare.value > 0 and rare.samples * rare.value < 10
+    assert rare.warnings and "coverage" in rare.warnings[0] and "WARNING" in rare.summary()
+    common = run_estimator(TwistedSMC({"particles": 32, "pilot": 32}), lookup.problem(), Budget(model_calls=600),
+                           seed=0, progress=False)
+    assert common.samples * common.value >= 10 and not common.warnings
