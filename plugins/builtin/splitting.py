@@ -4,8 +4,10 @@
 A ladder holds N replicas x ~ D ranked by a registered score ξ (:mod:`lowprob.plugins.scoring`; every hit counts
 as ξ = +∞). Each level Z kills every replica with ξ ≤ Z — ties included, as discrete scores require (Walter 2015;
 Bréhier et al. 2016) — and refills the population from the survivors with a Metropolis–Hastings kernel that leaves
-D restricted to {ξ > Z} invariant. The estimate is Π_j (1 − K_j/N) × (hits/N) once the level reaches the event;
-ladders repeat until the budget is spent and are averaged. Consistent as N grows under good mixing, not unbiased.
+D restricted to {ξ > Z} invariant; when all N tie below the event it kills none and moves them all inside the
+previous level instead (up to :data:`TIE_MIXES` rounds, then the ladder stalls at 0). The estimate is
+Π_j (1 − K_j/N) × (hits/N) once the level reaches the event; ladders repeat until the budget is spent and are
+averaged, with Cox's lognormal interval over them. Consistent as N grows under good mixing, not unbiased.
 """
 
 from __future__ import annotations
