@@ -40,7 +40,7 @@ def result_row(problem: Problem, estimator: str, options: Mapping[str, Any], bud
                estimate: Estimate) -> ResultRow:
     """The typed results row of one estimate on a compiled problem (what ``estimate --output`` appends)."""
     spec = RowSpec(model=problem.model.name, distribution=problem.distribution.name or "",
-                   distribution_hash=problem.distribution.content_hash, target=problem.target.describe(),
+                   distribution_hash=problem.distribution.content_hash, target=problem.event.describe(),
                    estimator=estimator, label=estimator, options=dict(options), budget=budget, seed=seed)
     return ResultRow.of(spec, estimate=estimate)
 
