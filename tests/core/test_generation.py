@@ -11,6 +11,7 @@ import torch
 
 from lowprob.core import Budget, run_estimator
 from lowprob.core.errors import LowprobError
+from lowprob.core.estimate import Estimate
 from lowprob.core.estimator import Capabilities, Estimator, EstimatorOutput, Problem, StepContext, StepInfo
 from lowprob.core.fast_forward import FastForward, KVCache
 from lowprob.core.generation import CachedDecoder, RecomputeDecoder, Sampling, continuation_logprobs, decoder, generate
@@ -168,6 +169,14 @@ def test_the_meter_counts_one_pass_per_sequence_and_its_positions() -> None:
     assert (spent.forward_passes, spent.positions, spent.generated_tokens) == (12, 6 * 8 + 6 * 4, 0)
     assert spent.model_calls(2.0) == 12 and spent.model_seconds > 0
     assert Cost(1, 2, 3.0) - Cost(1, 1, 1.0) == Cost(0, 1, 2.0, 0, 0)  # positional fields keep their meaning
+
+
+def test_estimates_written_before_positions_were_counted_still_read() -> None:
+    toy = toy_problem(0)
+    est = run_estimator(_GenerateInBatches(), toy.problem(), Budget(model_calls=20), seed=0, progress=False)
+    old_row = est.model_dump(mode="json", exclude={"positions", "generated_tokens"})
+    read = Estimate.model_validate(old_row)
+    assert (read.positions, read.generated_tokens) == (0, 0) and read.forward_passes == est.forward_passes == 20
 
 
 @pytest.mark.parametrize(("prompt", "steps", "message"), [
