@@ -49,7 +49,7 @@ BATCH_PARTICLES = 4096
 
 UNVERIFIED_HITS = 10.0
 """Below this many naive-equivalent hits (particles × p̂) a non-zero estimate warns that its interval is
-unverified: on lowprob-1l / hex at 1 000-4 000 calls (0.3-1.2 such hits) it covered 0.56-0.70."""
+unverified: on lowprob-1l / hex at 1 000-4 000 calls (0.3-3 such hits) it covered 0.10-0.70."""
 
 NAIVE_BATCH = 512
 """Naive draws evaluated per forward batch (last-position logits only)."""
@@ -316,12 +316,12 @@ class TwistedSMC(Estimator[TSMCState]):
     def _interval_warnings(value: float, particles: int) -> list[str]:
         """The measured limit of the interval: when naive sampling of as many draws would expect fewer than
         :data:`UNVERIFIED_HITS` hits, nothing in the run checks that the twist found every region of hits, and
-        on lowprob-1l the interval then covered 0.56-0.70 (docs/estimators/tsmc.md, Failure modes)."""
+        on lowprob-1l the interval then covered 0.10-0.70 (docs/estimators/tsmc.md, Failure modes)."""
         if value <= 0 or particles * value >= UNVERIFIED_HITS:
             return []
         return [f"the interval assumes the twist found every region of hits, which {particles} particles at "
                 f"p ≈ {value:.1e} cannot check (naive sampling would expect {particles * value:.2g} hits); measured "
-                "95 % coverage in this regime on a trained model: 0.56-0.70 (docs/estimators/tsmc.md)"]
+                "95 % coverage in this regime on trained-model targets: 0.10-0.70 (docs/estimators/tsmc.md)"]
 
     def bounds(self, problem: Problem, positives: torch.Tensor, *, runs: int = 16, particles: int | None = None,
                seed: int = 0) -> LogZBracket:
