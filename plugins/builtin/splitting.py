@@ -76,6 +76,7 @@ class AMSOptions(LadderOptions):
 class SubsetSimulationOptions(LadderOptions):
     """Options of subset simulation."""
 
+    replicas: int = Field(default=500, ge=2, description="N: replicas per ladder (N·p0 chains per level)")
     p0: float = Field(default=0.1, gt=0, lt=1, description="conditional probability aimed at per level")
 
 
