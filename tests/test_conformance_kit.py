@@ -191,8 +191,9 @@ class RawHits(ITGIS):
 
     def step(self, state: ITGISState, problem, generator, context):  # type: ignore[no-untyped-def]
         new, info = super().step(state, problem, generator, context)
-        raw = replace(new, tally=replace(new.tally, sum_wy=float(new.tally.hits)))
-        return raw, StepInfo(value=raw.tally.value, samples=raw.tally.samples, done=info.done)
+        raw = replace(new, **{part: replace(getattr(new, part), sum_wy=float(getattr(new, part).hits))
+                              for part in ("warmup", "last_warmup", "tally")})
+        return raw, StepInfo(value=raw.estimate.value, samples=raw.samples, done=info.done)
 
 
 def test_the_exact_check_has_teeth(small_lookup: ToyProblem) -> None:

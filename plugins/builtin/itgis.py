@@ -130,24 +130,36 @@ def cross_entropy_strength(log_d: torch.Tensor, scores: torch.Tensor, hit_tokens
 
 @dataclass(frozen=True)
 class ITGISState:
-    """The score table ``S``, the tallies of the pilot batch 0 and of the later batches, the hits so far (tokens
-    and log weights, for the cross-entropy tilt) and each batch's draws with the log of its proposal's largest
-    weight (for the zero-hit bound)."""
+    """The score table ``S``; the tallies of the warm-up batches (drawn before any hit), of the last warm-up batch
+    alone and of the batches drawn after the first hit; the hits so far (tokens and log weights, for the
+    cross-entropy tilt); and each batch's draws with the log of its proposal's largest weight (for the zero-hit
+    bound)."""
 
     log_d: torch.Tensor
     scores: torch.Tensor
     hit_tokens: torch.Tensor
     hit_log_w: torch.Tensor
     batches: int = 0
-    pilot: WeightTally = WeightTally()
+    warmup: WeightTally = WeightTally()
+    warmup_batches: int = 0
+    last_warmup: WeightTally = WeightTally()
     tally: WeightTally = WeightTally()
+    final_known: bool = False
     batch_weights: tuple[tuple[int, float], ...] = ()
     strength: float = 0.0
 
     @property
     def estimate(self) -> WeightTally:
-        """The tally the estimate averages: batches 1, 2, … (tilted), or the pilot when it is the only batch."""
-        return self.tally if self.tally.samples else self.pilot
+        """The tally the estimate averages: the batches drawn after the first hit; without any, the last batch when
+        it was known in advance to be the last (weight 1 fixed before it drew), else every warm-up batch."""
+        if self.tally.samples:
+            return self.tally
+        return self.last_warmup if self.final_known else self.warmup
+
+    @property
+    def samples(self) -> int:
+        """Every draw so far, warm-up included."""
+        return self.warmup.samples + self.tally.samples
 
 
 class ITGIS(Estimator[ITGISState]):
@@ -177,20 +189,23 @@ class ITGIS(Estimator[ITGISState]):
 
     def step(self, state: ITGISState, problem: Problem, generator: torch.Generator,
              context: StepContext) -> tuple[ITGISState, StepInfo]:
-        n = context.affordable(1.0 + context.backward_weight, self.options.batch_size)
+        per_sample = 1.0 + context.backward_weight
+        n = context.affordable(per_sample, self.options.batch_size)
         if n == 0:
-            return state, StepInfo(samples=state.pilot.samples + state.tally.samples, done=True)
+            return state, StepInfo(samples=state.samples, done=True)
         proposal = Proposal.tilt(state.log_d, state.scores, self.strength(state), self.options.defensive)
         tokens, log_w = proposal.sample(n, generator)
         logits, mean_grads = problem.model.mean_target_gradients(tokens, problem.target)
         hit = problem.target.hits(logits).cpu()
         w = log_w.exp()
-        pilot, tally = (state.pilot.add(w, hit), state.tally) if state.batches == 0 else \
-            (state.pilot, state.tally.add(w, hit))
+        warm = state.hit_tokens.shape[0] == 0
         new = replace(
             state,
-            pilot=pilot,
-            tally=tally,
+            warmup=state.warmup.add(w, hit) if warm else state.warmup,
+            warmup_batches=state.warmup_batches + warm,
+            last_warmup=WeightTally().add(w, hit) if warm else state.last_warmup,
+            tally=state.tally if warm else state.tally.add(w, hit),
+            final_known=context.allowance - n * per_sample < per_sample,
             scores=self.options.decay * state.scores + mean_grads.cpu().to(torch.float64),
             hit_tokens=torch.cat([state.hit_tokens, tokens[hit]]),
             hit_log_w=torch.cat([state.hit_log_w, log_w[hit]]),
@@ -200,7 +215,7 @@ class ITGIS(Estimator[ITGISState]):
         )
         running = new.estimate
         return new, StepInfo(value=running.value, std_error=running.std_error,
-                             samples=new.pilot.samples + new.tally.samples)
+                             samples=new.samples)
 
     def result(self, state: ITGISState, problem: Problem, level: float) -> EstimatorOutput:
         tally = state.estimate
@@ -209,8 +224,8 @@ class ITGIS(Estimator[ITGISState]):
         if tally.hits:
             low, high = normal_interval(tally.value, tally.std_error or 0.0, level)
             ci = ConfidenceInterval(low=low, high=high, level=level, method="normal")
-        else:  # the pilot's draws join the bound unless it hit (then they are not "no hit" draws)
-            unhit = state.batch_weights[1 if state.pilot.hits else 0:]
+        else:  # every batch without a hit: all of them, or those after the warm-up when the warm-up hit
+            unhit = state.batch_weights[state.warmup_batches if state.warmup.hits else 0:]
             ci = ConfidenceInterval(low=0.0, high=adaptive_zero_hit_bound(unhit, level), level=level,
                                     method="no hit: exact bound from each batch's draws and largest weight "
                                            "(per-batch max D/q ≤ 1/α)")
@@ -223,8 +238,8 @@ class ITGIS(Estimator[ITGISState]):
             diagnostics={
                 **tally.diagnostics(),
                 "final_tilt_strength": state.strength,
-                "pilot_samples": state.pilot.samples if tally is state.tally else 0,
-                "pilot_hits": state.pilot.hits if tally is state.tally else 0,
+                "warmup_samples": state.samples - tally.samples,
+                "warmup_hits": state.warmup.hits + state.tally.hits - tally.hits,
                 "batches": state.batches,
                 "std_error_method": "iid sample std of w*y / sqrt(N) (ignores the adaptivity)",
             },
