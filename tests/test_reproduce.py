@@ -189,3 +189,13 @@ def test_missing_config_and_shipped_configs_parse() -> None:
     for quick in (False, True):
         config = rp.read_config(rp.shipped_config(quick))
         assert len(config.distributions) == 8
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_method_of_the_shipped_configs_fits_its_scaled_budget(quick: bool, tmp_path) -> None:
+    # An estimator whose first step grows (new options with defaults) must scale them in the shipped configs;
+    # planning fails with "less than one step needs" otherwise.
+    repro = rp.plan(rp.shipped_config(quick), load_registry(), output=tmp_path, only_model="lowprob-1l",
+                    only_distribution="hex")
+    planned = {method.estimator for pair in repro.selected for method in pair.methods}
+    assert planned == {m.name for m in rp.read_config(rp.shipped_config(quick)).methods}
