@@ -29,7 +29,14 @@ from lowprob.core.estimator import Capabilities, EstimatorOutput, Problem, StepC
 from lowprob.core.random import Enumerator, integers
 from lowprob.core.smc import combine_replicates
 from lowprob.core.stats import clopper_pearson
-from lowprob.plugins.builtin.splitting import Level, ScoredEstimator, SplittingOptions, count_ends, replicate_interval
+from lowprob.plugins.builtin.splitting import (
+    Level,
+    ScoredEstimator,
+    SplittingOptions,
+    count_ends,
+    level_details,
+    replicate_interval,
+)
 from lowprob.plugins.builtin.twists import Layout
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -288,7 +295,7 @@ class GAMS(ScoredEstimator):
             "run_values": [math.exp(run.log_value) for run in runs],
             "iterations": [len(run.levels) for run in runs],
             "formula_relative_variance": [run.formula_variance() for run in runs],
-            "levels": [[lv.report() for lv in run.levels] for run in runs],
+            **level_details([run.levels for run in runs]),
             "pilot_calls": state.pilot_calls,
             "std_error_method": "spread of independent runs",
         }

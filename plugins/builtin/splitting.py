@@ -42,6 +42,9 @@ from lowprob.plugins.scoring import Score, ScoreBuilder
 
 PILOT_SHARE = 0.25
 """Largest share of a call budget a score's pilot may spend (the ``twist`` score's gradient fit)."""
+LEVEL_DETAIL_LADDERS = 4
+"""Ladders (or GAMS runs) whose every level goes into the diagnostics; the others are summarised per ladder, so a
+results row stays small (26 GAMS runs of ~100 levels each made 380 kB rows)."""
 TIE_MIXES = 3
 """Rounds of MCMC moves at the previous level a ladder tries when all N replicas tie below the event, before it
 stalls (each round moves every replica and kills none)."""
@@ -267,6 +270,13 @@ class Ladder:
                 "relative_variance": self.relative_variance}
 
 
+def level_details(ladders: Sequence[Sequence[Level]]) -> dict[str, Any]:
+    """Every level of the first :data:`LEVEL_DETAIL_LADDERS` ladders (value, killed, alive, acceptance, calls) and
+    how many ladders that leaves out."""
+    return {"levels": [[lv.report() for lv in levels] for levels in ladders[:LEVEL_DETAIL_LADDERS]],
+            "levels_left_out": max(0, len(ladders) - LEVEL_DETAIL_LADDERS)}
+
+
 def correlation_factor(indicator: torch.Tensor, chains: Sequence[int]) -> float:
     """Au–Beck γ = 2 Σ_{k≥1} (1 − k·N_c/N)·ρ(k), ρ the lag-k autocorrelation of ``indicator`` along the chains
     (chain-major order, lengths ``chains``); 0 for independent replicas or a constant indicator; clipped at 0."""
@@ -484,7 +494,7 @@ class LadderEstimator(ScoredEstimator):
             "ends": count_ends(lad.end for lad in ladders),
             "pilot_calls": state.pilot_calls,
             "per_ladder": [lad.report() for lad in ladders],
-            "levels": [[lv.report() for lv in lad.levels] for lad in ladders],
+            **level_details([lad.levels for lad in ladders]),
             "std_error_method": summary.method,
         }
         if summary.formula_std_error is not None:

@@ -337,3 +337,13 @@ def test_cox_interval_needs_two_non_zero_values_and_scales_by_their_share() -> N
     half = lognormal_mean_interval([1e-9, 2e-9, 0.0, 0.0], 0.95)
     assert full is not None and half is not None
     assert math.isclose(half[0], full[0] / 2) and math.isclose(half[1], full[1] / 2)
+
+
+def test_level_details_keep_every_level_of_the_first_ladders_and_count_the_rest() -> None:
+    from lowprob.plugins.builtin.splitting import LEVEL_DETAIL_LADDERS, Level, level_details
+
+    ladders = [[Level(0.5, 1, 9, 0.3, 10.0)] * (i + 1) for i in range(LEVEL_DETAIL_LADDERS + 3)]
+    details = level_details(ladders)
+    assert [len(levels) for levels in details["levels"]] == list(range(1, LEVEL_DETAIL_LADDERS + 1))
+    assert details["levels_left_out"] == 3
+    assert details["levels"][0][0]["killed"] == 1
