@@ -54,3 +54,17 @@ def test_known_answers_are_found_by_model_spec_and_target() -> None:
     assert answer is not None and answer.family == "needle" and answer.exact_p == pytest.approx(1.0004e-9, rel=1e-4)
     assert known_answer(registry, "planted-needle", "planted-needle-e9", "other") is None
     assert known_answer(registry, "lowprob-1l", "planted-needle-e9", "hit") is None
+
+
+def test_the_main_job_in_the_makefile_runs_and_prints_the_exact_value(tmp_path: Path) -> None:
+    # `make run` (the README's main job) at a small budget instead of the paper's, so it stays fast.
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\nrun: $(STAMP)\n", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    args = recipe.split("lowprob compare", 1)[1].split()
+    args = [a.strip("'") for a in args]
+    args[args.index("--paper-budget")] = "--budget-calls=2048"
+    args[args.index("--output") + 1] = str(tmp_path / "main.jsonl")
+    result = CliRunner().invoke(main, ["compare", *args])
+    assert result.exit_code == 0, result.output
+    assert "exact        p = " in result.output
+    assert len(read_results(tmp_path / "main.jsonl")) == args.count("--estimator") >= 2
