@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -45,14 +46,20 @@ EVENTS = (
 )
 
 
-def _row(event: Event, estimator: str, truth: float, runs: list[Estimate]) -> str:
-    """One Markdown row summarising the seeds of one estimator on one event."""
+def _row(event: Event, estimator: str, gt: OutputGroundTruth, runs: list[Estimate]) -> str:
+    """One Markdown row summarising the seeds of one estimator on one event.
+
+    ``z`` is the mean's distance from the truth in standard errors: the seeds' spread over sqrt(seeds) combined
+    with the ground truth's own binomial error.
+    """
+    truth = gt.probability
     values = [run.raw_value for run in runs]
     covered = sum(run.ci is not None and run.ci.low <= truth <= run.ci.high for run in runs)
     widths = [run.ci.high - run.ci.low for run in runs if run.ci is not None]
     spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return (f"| `{event.target}` | {estimator} | {runs[0].model_calls:.0f} | "
-            f"{statistics.mean(values):.3e} | {statistics.mean(values) / truth - 1:+.1%} | {spread / truth:.1%} | "
+    z = (statistics.mean(values) - truth) / math.sqrt(spread**2 / len(values) + truth * (1 - truth) / gt.samples)
+    return (f"| `{event.target}` | {estimator} | {statistics.mean(values):.3e} | "
+            f"{statistics.mean(values) / truth - 1:+.1%} | {z:.2f} | {spread / truth:.1%} | "
             f"{statistics.mean(widths) / truth:.2f} | {covered}/{len(runs)} | "
             f"{statistics.mean(run.generated_tokens for run in runs):.0f} | "
             f"{statistics.mean(run.seconds for run in runs):.2f} |")
@@ -70,8 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     registry = load_registry()
     source = resolve_spec(args.distribution, registry)
-    print("| event | estimator | calls per run | mean estimate | mean rel. error | sd / truth | mean CI width / truth "
-          "| CI covers truth | generated tokens per run | s per run |")
+    print(f"{args.seeds} seeds per row, {args.budget} model calls per run")
+    print("| event | estimator | mean estimate | mean rel. error | z | sd / truth | CI width / truth | CI covers truth "
+          "| generated tokens / run | s / run |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     truths = []
     for event in [EVENTS[i] for i in args.events] if args.events else EVENTS:
@@ -94,7 +102,7 @@ def main() -> None:
                                               "model_calls": run.model_calls, "positions": run.positions,
                                               "generated_tokens": run.generated_tokens,
                                               "seconds": round(time.perf_counter() - started, 3)}) + "\n")
-            print(_row(event, estimator, gt.probability, runs), flush=True)
+            print(_row(event, estimator, gt, runs), flush=True)
     print("\nGround truth (hits / inputs, Clopper-Pearson 95 %):")
     for line in truths:
         print(f"- {line}")
