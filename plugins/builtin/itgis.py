@@ -42,9 +42,10 @@ class ITGISOptions(EstimatorOptions):
                                                               "exp(mean gradient / T)")
     batch_size: int = Field(default=256, ge=1, description="samples per batch (one proposal update per batch)")
     decay: float = Field(default=0.9, ge=0, lt=1, description="β: decay of the running gradient-score table")
-    tilt: Literal["cross-entropy", "temperature"] = Field(
+    tilt: Literal["cross-entropy", "second-moment", "temperature"] = Field(
         default="cross-entropy", description="tilt strength once hits exist: fitted to the weighted hits "
-                                             "(cross-entropy) or the paper's fixed 1/τ_m (temperature)")
+                                             "(cross-entropy: their likelihood; second-moment: the estimate's "
+                                             "variance) or the paper's fixed 1/τ_m (temperature)")
     defensive: float = Field(default=0.1, ge=0, lt=1, description="α: share of D in the proposal mixture; every "
                                                                   "weight is at most 1/α (0: the paper's pure tilt)")
 
@@ -98,24 +99,28 @@ class Proposal:
                                log_tilt + math.log1p(-self.defensive))
 
 
-def cross_entropy_strength(log_d: torch.Tensor, scores: torch.Tensor, hit_tokens: torch.Tensor,
-                           hit_log_w: torch.Tensor) -> float:
-    """λ ≥ 0 maximising ``Σ_j w_j log q_λ(x_j)`` over the weighted hits ``x_j`` (their weighted empirical law
-    estimates D conditioned on the event): the moment match ``E_{q_λ}[S(X)] = Σ_j w_j S(x_j) / Σ_j w_j``.
+def fitted_strength(log_d: torch.Tensor, scores: torch.Tensor, hit_tokens: torch.Tensor, hit_log_w: torch.Tensor,
+                    rule: str) -> float:
+    """λ ≥ 0 along the scores fitted to the weighted hits ``x_j`` (their weighted empirical law estimates D
+    conditioned on the event), as the root of ``E_{q_λ}[S(X)] = Σ_j c_j S(x_j) / Σ_j c_j``.
 
-    The log-likelihood is concave in λ (an exponential family), so the match is unique; λ = 0 when the hits do
-    not score above D's mean, and the largest bracketed λ when they all sit at the top score.
+    ``cross-entropy``: ``c_j = w_j``, maximising ``Σ_j w_j log q_λ(x_j)``. ``second-moment``:
+    ``c_j = w_j·e^{−λS(x_j)}``, minimising the estimated second moment ``Σ_j w_j D(x_j)/q_λ(x_j)`` of the pure
+    tilt's weighted indicator, which leans less on the high-score hits (never a larger λ than the cross-entropy's).
+    Both objectives are convex in λ (an exponential family), so the root is unique; λ = 0 when the hits do not
+    score above D's mean.
     """
     scores = scores.to(torch.float64)
     on_support = torch.isfinite(log_d)
     table = torch.where(on_support, scores, 0.0)
     hit_scores = gather_rows(table, hit_tokens).sum(dim=1)
-    share = torch.softmax(hit_log_w.to(torch.float64), dim=0)
-    goal = float((share * hit_scores).sum())
+    hit_log_w = hit_log_w.to(torch.float64)
+    damping = 1.0 if rule == "second-moment" else 0.0
 
     def excess(strength: float) -> float:
         q = torch.softmax(log_d + strength * table, dim=-1)
-        return float((q * table).sum()) - goal
+        share = torch.softmax(hit_log_w - damping * strength * hit_scores, dim=0)
+        return float((q * table).sum()) - float((share * hit_scores).sum())
 
     spread = float((table.max(dim=1).values - torch.where(on_support, table, math.inf).min(dim=1).values).max())
     if spread == 0 or excess(0.0) >= 0:
@@ -180,8 +185,8 @@ class ITGIS(Estimator[ITGISState]):
     def strength(self, state: ITGISState) -> float:
         """λ for the next batch: the cross-entropy fit once there are hits (``tilt="cross-entropy"``), else the
         paper's 1/τ_m with τ_m = T·(1 − β^m)/(1 − β), so λ·S is the mean score over T (S = 0 at batch 0)."""
-        if self.options.tilt == "cross-entropy" and state.hit_tokens.shape[0]:
-            return cross_entropy_strength(state.log_d, state.scores, state.hit_tokens, state.hit_log_w)
+        if self.options.tilt != "temperature" and state.hit_tokens.shape[0]:
+            return fitted_strength(state.log_d, state.scores, state.hit_tokens, state.hit_log_w, self.options.tilt)
         if state.batches == 0:
             return 0.0
         beta = self.options.decay

@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import optimize
 
 from lowprob.api import compile_problem, resolve_spec
 from lowprob.core import Budget
@@ -23,8 +24,15 @@ from lowprob.core.runner import run_estimator
 from lowprob.core.stats import adaptive_zero_hit_bound, clopper_pearson
 from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.plugins import load_registry
-from lowprob.plugins.builtin.itgis import ITGIS, ITGISState, Proposal, cross_entropy_strength
-from lowprob.plugins.testing import ToyProblem, argmax_probabilities, check_sane, check_unbiased, toy_problem
+from lowprob.plugins.builtin.itgis import ITGIS, ITGISState, Proposal, fitted_strength
+from lowprob.plugins.testing import (
+    ToyProblem,
+    argmax_probabilities,
+    check_sane,
+    check_unbiased,
+    lookup_model,
+    toy_problem,
+)
 
 SMALL = {"batch_size": 32}
 
@@ -198,18 +206,49 @@ def test_the_zero_hit_bound_covers(toy: ToyProblem) -> None:
     assert misses <= 0.025 * 300 + 3 * math.sqrt(0.025 * 0.975 * 300)
 
 
-def test_cross_entropy_strength_matches_the_hits_mean_score() -> None:
+def test_fitted_strength_matches_the_hits_mean_score() -> None:
     """Two positions, D = (0.9, 0.1) each, score 1 on the rare token: hits (1, 0) and (0, 1) of equal weight have
     mean score 1, so q_λ must put 1/2 on the rare token: λ = log 9. Hits that score no higher than D's mean give
     no tilt, and the weights count (a heavier (1, 1) hit raises the goal)."""
     log_d = torch.tensor([[0.9, 0.1], [0.9, 0.1]], dtype=torch.float64).log()
     scores = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
     hits = torch.tensor([[1, 0], [0, 1]])
-    assert cross_entropy_strength(log_d, scores, hits, torch.zeros(2)) == pytest.approx(math.log(9), rel=1e-8)
-    assert cross_entropy_strength(log_d, scores, torch.tensor([[0, 0]]), torch.zeros(1)) == 0.0
-    heavier = cross_entropy_strength(log_d, scores, torch.tensor([[1, 0], [1, 1]]), torch.tensor([0.0, 1.0]))
+    assert fitted_strength(log_d, scores, hits, torch.zeros(2), "cross-entropy") == pytest.approx(math.log(9), rel=1e-8)
+    assert fitted_strength(log_d, scores, torch.tensor([[0, 0]]), torch.zeros(1), "cross-entropy") == 0.0
+    heavier = fitted_strength(log_d, scores, torch.tensor([[1, 0], [1, 1]]), torch.tensor([0.0, 1.0]),
+                              "cross-entropy")
     goal = (1 + 2 * math.e) / (1 + math.e)  # E_q[score] = 2·q(rare) at the fitted λ
     assert heavier == pytest.approx(math.log(9 * (goal / 2) / (1 - goal / 2)), rel=1e-8)
+
+
+@pytest.mark.parametrize("tilt", ["cross-entropy", "second-moment", "temperature"])
+def test_every_tilt_rule_is_exactly_unbiased(tilt: str) -> None:
+    """Two batches of two samples on a 4-sequence lookup toy, every path enumerated: the second batch's strength is
+    fitted to up to two weighted hits of the first (where the two fitted rules differ) and the mean is p exactly."""
+    toy = toy_problem(1, d_vocab=2, length=2, model=lookup_model(positions=2, d_vocab=2, seed=1))
+    report = check_unbiased(ITGIS, toy, Budget(model_calls=12), options={"batch_size": 2, "tilt": tilt}, mode="exact")
+    assert report.passed, report.detail
+    assert report.mean == pytest.approx(toy.exact, rel=1e-12), report.detail
+
+
+def test_second_moment_strength_minimises_the_estimated_second_moment() -> None:
+    """The second-moment λ is the minimiser of ``Σ_j w_j D(x_j)/q_λ(x_j)`` (found here by a direct 1-D search), and
+    it leans less on the high-score hit than the cross-entropy's λ; with hits of equal score both rules agree."""
+    log_d = torch.tensor([[0.9, 0.1], [0.9, 0.1]], dtype=torch.float64).log()
+    scores = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    hits, log_w = torch.tensor([[1, 0], [1, 1], [0, 1]]), torch.tensor([0.0, -0.5, 0.3], dtype=torch.float64)
+    hit_scores = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+
+    def second_moment(strength: float) -> float:  # log Σ_j w_j D(x_j)/q_λ(x_j) for the product tilt
+        log_norm = float(torch.logsumexp(log_d + strength * scores, dim=-1).sum())
+        return float(torch.logsumexp(log_w - strength * hit_scores, dim=0)) + log_norm
+
+    best = optimize.minimize_scalar(second_moment, bounds=(0.0, 20.0), method="bounded", options={"xatol": 1e-10})
+    fitted = fitted_strength(log_d, scores, hits, log_w, "second-moment")
+    assert fitted == pytest.approx(best.x, rel=1e-6)
+    assert fitted < fitted_strength(log_d, scores, hits, log_w, "cross-entropy")
+    even = torch.tensor([[1, 0], [0, 1]])
+    assert fitted_strength(log_d, scores, even, torch.zeros(2), "second-moment") == pytest.approx(math.log(9), rel=1e-8)
 
 
 def test_the_defensive_mixture_bounds_a_zero_hit_run_by_the_naive_bound_over_alpha(toy: ToyProblem) -> None:
