@@ -37,7 +37,8 @@ from lowprob.core.estimator import (
     StepContext,
     StepInfo,
 )
-from lowprob.core.generation import Sampling
+from lowprob.core.generation import RandomSource, Sampling
+from lowprob.core.meter import Decoding
 from lowprob.core.output_target import ContainsToken, Equals, OutputTarget
 from lowprob.core.random import categorical
 from lowprob.core.smc import ParticleRun, ParticleWeights, combine_particle_runs
@@ -68,8 +69,8 @@ class Twist:
     contains: bool
 
     @staticmethod
-    def of(problem: Problem) -> Twist:
-        """The twist for ``problem``'s event, or a clear error for an event it cannot twist."""
+    def of(problem: Problem, estimator: str = "output-tsmc") -> Twist:
+        """The twist for ``problem``'s event, or a clear error (naming ``estimator``) for an event it cannot twist."""
         event = problem.event
         if isinstance(event, ArgmaxIs | ArgmaxIn):
             return Twist(1, Sampling.argmax(), tuple(event.token_ids), True)
@@ -77,7 +78,7 @@ class Twist:
             return Twist(event.length, event.sampling, tuple(sorted(event.test.ids)), True)
         if isinstance(event, OutputTarget) and isinstance(event.test, Equals):
             return Twist(event.length, event.sampling, event.test.ids, False)
-        raise LowprobError(f"output-tsmc twists events that contain a token set or equal a fixed continuation; "
+        raise LowprobError(f"{estimator} twists events that contain a token set or equal a fixed continuation; "
                            f"{event.describe()} is a test on the decoded text (use naive)")
 
     def log_psi(self, step: int, log_p: torch.Tensor, hit: torch.Tensor) -> torch.Tensor:
@@ -95,6 +96,37 @@ class Twist:
         log_psi = off[:, None].expand_as(log_p).clone().index_fill_(1, ids, 0.0)
         log_psi[hit] = 0.0
         return log_psi
+
+
+def twisted_continuation(twist: Twist, logits: torch.Tensor, decoding: Decoding | None, weights: ParticleWeights,
+                         eve: torch.Tensor, log_psi_prev: torch.Tensor, ess_threshold: float,
+                         generator: RandomSource) -> tuple[ParticleWeights, torch.Tensor]:
+    """The generated steps of twisted SMC for particles whose next-token ``logits [K, V]`` are given (held by
+    ``decoding`` when the event has more than one step), entering with ``weights``, initial ancestors ``eve`` and
+    the log twist ``log_psi_prev`` of their prefix (0 for plain inputs): the final weights and ancestors."""
+    hit = torch.zeros(weights.size, dtype=torch.bool)
+    ids = torch.tensor(twist.ids)
+    for step in range(twist.length):
+        log_p = twist.sampling.log_probs(logits).double().cpu()
+        log_psi = twist.log_psi(step, log_p, hit)
+        log_joint = log_p + log_psi
+        log_norm = torch.logsumexp(log_joint, dim=1)
+        weights = weights.reweight(log_norm - log_psi_prev)
+        if weights.dead:
+            break
+        alive = torch.isfinite(log_norm)[:, None]  # a dead particle moves by the model, at weight 0
+        proposal = torch.where(alive, log_joint - log_norm[:, None], log_p).exp()
+        chosen = categorical(proposal, 1, generator)[:, 0]
+        log_psi_prev = torch.where(alive[:, 0], log_psi.gather(1, chosen[:, None])[:, 0], 0.0)
+        hit = hit | torch.isin(chosen, ids)
+        if decoding is not None and step + 1 < twist.length:
+            weights, ancestors = weights.resample_if_needed(ess_threshold, "multinomial", generator)
+            if ancestors is not None:
+                decoding.select(ancestors)
+                chosen, hit, log_psi_prev, eve = (chosen[ancestors], hit[ancestors], log_psi_prev[ancestors],
+                                                  eve[ancestors])
+            logits = decoding.push(chosen)
+    return weights, eve
 
 
 @dataclass
@@ -139,31 +171,9 @@ class OutputTSMC(Estimator[OutputTSMCState]):
         inputs = problem.distribution.sample(k, generator)
         decoding = problem.model.decoding(inputs, twist.length) if twist.length > 1 else None
         logits = problem.model.last_logits(inputs) if decoding is None else decoding.logits
-        weights, eve = ParticleWeights.start(k), torch.arange(k)
-        hit = torch.zeros(k, dtype=torch.bool)
-        log_psi_prev = torch.zeros(k, dtype=torch.float64)
-        ids = torch.tensor(twist.ids)
-        for step in range(twist.length):
-            log_p = twist.sampling.log_probs(logits).double().cpu()
-            log_psi = twist.log_psi(step, log_p, hit)
-            log_joint = log_p + log_psi
-            log_norm = torch.logsumexp(log_joint, dim=1)
-            weights = weights.reweight(log_norm - log_psi_prev)
-            if weights.dead:
-                break
-            alive = torch.isfinite(log_norm)[:, None]  # a dead particle moves by the model, at weight 0
-            proposal = torch.where(alive, log_joint - log_norm[:, None], log_p).exp()
-            chosen = categorical(proposal, 1, generator)[:, 0]
-            log_psi_prev = torch.where(alive[:, 0], log_psi.gather(1, chosen[:, None])[:, 0], 0.0)
-            hit = hit | torch.isin(chosen, ids)
-            if decoding is not None and step + 1 < twist.length:
-                weights, ancestors = weights.resample_if_needed(self.options.ess_threshold, "multinomial",
-                                                                generator)
-                if ancestors is not None:
-                    decoding.select(ancestors)
-                    chosen, hit, log_psi_prev, eve = (chosen[ancestors], hit[ancestors], log_psi_prev[ancestors],
-                                                      eve[ancestors])
-                logits = decoding.push(chosen)
+        weights, eve = twisted_continuation(twist, logits, decoding, ParticleWeights.start(k), torch.arange(k),
+                                            torch.zeros(k, dtype=torch.float64), self.options.ess_threshold,
+                                            generator)
         run = ParticleRun.of(weights.log_evidence, weights.log_weights, eve, weights.resamples)
         return run, int(torch.isfinite(weights.log_weights).sum()) if not weights.dead else 0
 
