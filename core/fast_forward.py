@@ -182,6 +182,11 @@ class FastForward:
         ``cache.length`` positions already in ``cache``. Writes the new positions' keys and values into ``cache``
         and advances its length; as in :meth:`last_logits`, the last layer's attention output and MLP run only at
         the ``keep`` positions whose logits are asked for."""
+        return self.decode_normed(cache, tokens, keep) @ self.W_U + self.b_U
+
+    def decode_normed(self, cache: KVCache, tokens: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """:meth:`decode` up to the final LayerNorm's output ``[B, keep, d_model]`` (``ln_final.hook_out``), which
+        the unembedding reads: what twist heads over generated tokens read, at no extra cost."""
         start, m = cache.length, tokens.shape[1]
         if start + m > cache.keys[0].shape[2]:
             raise ValueError(f"decoding {m} positions after {start} overflows a cache of {cache.keys[0].shape[2]}")
@@ -192,7 +197,7 @@ class FastForward:
         for i, (block, keys, values) in enumerate(zip(self.blocks, cache.keys, cache.values, strict=True)):
             x = self._cached_block(block, x, keys, values, start, keep if i == last else m)
         cache.length = start + m
-        return self.ln_final(x) @ self.W_U + self.b_U
+        return self.ln_final(x)
 
     def _cached_block(self, block: LayerWeights, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                       start: int, keep: int) -> torch.Tensor:

@@ -127,6 +127,11 @@ class Decoder(Protocol):
         """Keep the sequences ``index [B]`` (with repeats: resampled particles), in that order."""
         ...
 
+    @property
+    def normed(self) -> torch.Tensor:
+        """The final LayerNorm's output ``[B, d_model]`` (``ln_final.hook_out``) behind the last logits."""
+        ...
+
     def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         """Logits ``[B, keep, d_vocab]`` at the last ``keep`` positions of ``tokens [B, n]`` (position i sees
         tokens ≤ i), teacher-forced."""
@@ -139,18 +144,28 @@ class CachedDecoder:
     def __init__(self, fast: FastForward, capacity: int) -> None:
         self.fast, self.capacity = fast, capacity
         self.cache: KVCache | None = None
+        self._normed = torch.empty(0)
+
+    @property
+    def normed(self) -> torch.Tensor:
+        return self._normed[:, -1].float()
+
+    def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        assert self.cache is not None, "start the decoder first"
+        self._normed = self.fast.decode_normed(self.cache, tokens)
+        return (self._normed @ self.fast.W_U + self.fast.b_U)[:, -1].float()
 
     def start(self, tokens: torch.Tensor) -> torch.Tensor:
         self.cache = self.fast.new_cache(tokens.shape[0], self.capacity)
-        return self.fast.decode(self.cache, tokens)[:, -1].float()
+        return self._logits(tokens)
 
     def push(self, tokens: torch.Tensor) -> torch.Tensor:
-        assert self.cache is not None, "start the decoder first"
-        return self.fast.decode(self.cache, tokens[:, None])[:, -1].float()
+        return self._logits(tokens[:, None])
 
     def select(self, index: torch.Tensor) -> None:
         assert self.cache is not None, "start the decoder first"
         self.cache = self.cache.select(index.to(self.cache.keys[0].device))
+        self._normed = self._normed[index.to(self._normed.device)]
 
     def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         return self.fast.decode(self.fast.new_cache(tokens.shape[0], tokens.shape[1]), tokens, keep).float()
@@ -162,17 +177,21 @@ class RecomputeDecoder:
     def __init__(self, adapter: ModelAdapter) -> None:
         self.adapter = adapter
         self.sequences = torch.empty(0, 0, dtype=torch.long)
+        self.normed = torch.empty(0)
 
     def start(self, tokens: torch.Tensor) -> torch.Tensor:
         self.sequences = tokens
-        return self.adapter.last_logits(tokens)
+        self.normed, logits = self.adapter.last_activations(tokens)
+        return logits
 
     def push(self, tokens: torch.Tensor) -> torch.Tensor:
         self.sequences = torch.cat([self.sequences, tokens[:, None].to(self.sequences.device)], dim=1)
-        return self.adapter.last_logits(self.sequences)
+        self.normed, logits = self.adapter.last_activations(self.sequences)
+        return logits
 
     def select(self, index: torch.Tensor) -> None:
         self.sequences = self.sequences[index.to(self.sequences.device)]
+        self.normed = self.normed[index.to(self.normed.device)]
 
     def final_logits(self, tokens: torch.Tensor, keep: int) -> torch.Tensor:
         n = tokens.shape[1]

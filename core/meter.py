@@ -182,6 +182,12 @@ class Decoding:
     def batch(self) -> int:
         return int(self.logits.shape[0])
 
+    @property
+    def features(self) -> torch.Tensor:
+        """The final LayerNorm's output ``[B, d_model]`` (TransformerLens ``ln_final.hook_out``) behind
+        :attr:`logits`: the residual stream of each sequence's last position, computed anyway (free)."""
+        return self.decoder.normed
+
     def push(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens [B]`` and return the next logits ``[B, d_vocab]``."""
         if self.pushed + 1 >= self.steps:
