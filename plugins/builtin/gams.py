@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
@@ -73,6 +73,11 @@ class Paths:
 
     def take(self, index: torch.Tensor) -> Paths:
         return Paths(self.tokens[index], self.xi[index], self.hit[index])
+
+    @staticmethod
+    def cat(parts: list[Paths]) -> Paths:
+        return Paths(torch.cat([p.tokens for p in parts]), torch.cat([p.xi for p in parts]),
+                     torch.cat([p.hit for p in parts]))
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,8 @@ class GAMS(ScoredEstimator):
     Options = GAMSOptions
     capabilities = Capabilities(unbiased=True, has_error_bars=True, needs_factorized=True)
     options: GAMSOptions
+    initial_draws: ClassVar[str] = "initial draws from D"
+    """What a run's first population is, for the reason of a zero estimate's bound."""
 
     def check_problem(self, problem: Problem) -> None:
         super().check_problem(problem)
@@ -180,8 +187,7 @@ class GAMS(ScoredEstimator):
             score, _ = self.fit_score(problem, generator, room)
             spent = problem.model.cost.model_calls(context.backward_weight) - before
             n = self.options.replicas
-            tokens = problem.distribution.sample(n * count, generator)
-            paths = self.evaluate(tokens, score, problem)
+            paths = self.draw(n * count, score, problem, generator)
             runs = tuple(Run(paths.take(torch.arange(r * n, (r + 1) * n))) for r in range(count))
             state = replace(state, score=score, runs=runs, pilot_calls=spent, score_info=score.describe())
             return state, self._info(state)
@@ -212,10 +218,10 @@ class GAMS(ScoredEstimator):
                 runs[r] = replace(run, end=f"budget: stopped after {len(run.levels)} iterations")
             else:
                 allowance -= killed
-                branched, fresh = self.branch(state.layout, run.paths, z, dead, problem, generator)
-                pending.append((r, branched, fresh, dead, z, killed))
+                branched, first = self.branch(state.layout, run.paths, z, dead, problem, generator)
+                pending.append((r, branched, first, dead, z, killed))
         if pending:
-            self._evaluate_pending(state, runs, pending, problem, context)
+            self._evaluate_pending(state, runs, pending, problem, generator, context)
         return replace(state, runs=tuple(runs))
 
     def doomed(self, levels: torch.Tensor, z: float) -> torch.Tensor:
@@ -226,7 +232,7 @@ class GAMS(ScoredEstimator):
                generator: torch.Generator | Enumerator) -> tuple[Paths, torch.Tensor]:
         """For each killed replica: a uniformly chosen survivor, copied up to the first state whose ξ exceeds
         ``z`` and regenerated from D after it. Returns the new replicas (scores still those of the survivors)
-        and which of them changed (and so need a model pass)."""
+        and the state each was branched at (the last state: a whole copy, which needs no model pass)."""
         survivors = torch.nonzero(~dead)[:, 0]
         killed = int(dead.sum())
         chosen = paths.take(survivors[integers(survivors.numel(), (killed,), generator)])
@@ -237,30 +243,43 @@ class GAMS(ScoredEstimator):
             rows = torch.nonzero(first < j)[:, 0]
             if rows.numel():
                 tokens[rows, p] = cats[p].sample(rows.numel(), generator)
-        return Paths(tokens, chosen.xi, chosen.hit), first < chosen.xi.shape[1] - 1
+        return Paths(tokens, chosen.xi, chosen.hit), first
+
+    def draw(self, n: int, score: Score, problem: Problem, generator: torch.Generator) -> Paths:
+        """``n`` independent replicas from scratch, scored (one model pass each)."""
+        return self.evaluate(problem.distribution.sample(n, generator), score, problem)
+
+    def renew(self, paths: Paths, first: torch.Tensor, score: Score, problem: Problem,
+              generator: torch.Generator) -> Paths:
+        """The replicas ``paths`` that :meth:`branch` regenerated after their states ``first``, scored (one model
+        pass each)."""
+        return self.evaluate(paths.tokens, score, problem)
 
     def _evaluate_pending(self, state: GAMSState, runs: list[Run],
                           pending: list[tuple[int, Paths, torch.Tensor, torch.Tensor, float, int]],
-                          problem: Problem, context: StepContext) -> None:
-        """One batched model pass over every regenerated input of this iteration, then each run's new population."""
+                          problem: Problem, generator: torch.Generator, context: StepContext) -> None:
+        """One batched :meth:`renew` of every replica this iteration branched before its last state, then each
+        run's new population."""
         assert state.score is not None
-        changed = [branched.tokens[fresh] for _, branched, fresh, _, _, _ in pending]
+        fresh = [first < branched.xi.shape[1] - 1 for _, branched, first, _, _, _ in pending]
         before = problem.model.cost.model_calls(context.backward_weight)
-        scored = self.evaluate(torch.cat(changed), state.score, problem) if sum(len(c) for c in changed) else None
+        scored = None
+        if any(bool(f.any()) for f in fresh):
+            parts = list(zip(pending, fresh, strict=True))
+            scored = self.renew(Paths.cat([p[1].take(f) for p, f in parts]), torch.cat([p[2][f] for p, f in parts]),
+                                state.score, problem, generator)
         offset = 0
-        for r, branched, fresh, dead, z, killed in pending:
+        for (r, branched, _, dead, z, killed), renewed in zip(pending, fresh, strict=True):
             run = runs[r]
-            count = int(fresh.sum())
+            count = int(renewed.sum())
             new = branched
             if scored is not None and count:
                 part = scored.take(torch.arange(offset, offset + count))
-                xi, hit = branched.xi.clone(), branched.hit.clone()
-                xi[fresh], hit[fresh] = part.xi, part.hit
-                new = Paths(branched.tokens, xi, hit)
+                tokens, xi, hit = branched.tokens.clone(), branched.xi.clone(), branched.hit.clone()
+                tokens[renewed], xi[renewed], hit[renewed] = part.tokens, part.xi, part.hit
+                new = Paths(tokens, xi, hit)
             offset += count
-            keep = run.paths.take(torch.nonzero(~dead)[:, 0])
-            paths = Paths(torch.cat([keep.tokens, new.tokens]), torch.cat([keep.xi, new.xi]),
-                          torch.cat([keep.hit, new.hit]))
+            paths = Paths.cat([run.paths.take(torch.nonzero(~dead)[:, 0]), new])
             record = Level(z, killed, run.size - killed, None, float(count))
             runs[r] = Run(paths, run.log_weight + math.log1p(-killed / run.size), (*run.levels, record))
         assert problem.model.cost.model_calls(context.backward_weight) - before == offset
@@ -272,12 +291,12 @@ class GAMS(ScoredEstimator):
 
     def result(self, state: GAMSState, problem: Problem, level: float) -> EstimatorOutput:
         if not state.runs:
-            raise LowprobError("gams drew no replicas: the budget ran out before the first population")
+            raise LowprobError(f"{self.name} drew no replicas: the budget ran out before the first population")
         runs = state.runs
         # no hit ever: none among the runs' first populations, which are independent draws from D
         zero_upper = clopper_pearson(0, sum(run.size for run in runs), level)[1]
         summary = combine_replicates([run.log_value for run in runs], [run.size for run in runs], level,
-                                     zero_upper, "clopper-pearson: 0 hits in the runs' initial draws from D")
+                                     zero_upper, f"clopper-pearson: 0 hits in the runs' {self.initial_draws}")
         ci = None
         if summary.value > 0 and len(runs) > 1:  # a run's value is a product of level fractions: lognormal
             ci = replicate_interval([math.exp(run.log_value) for run in runs], level, "runs")
