@@ -84,6 +84,12 @@ class StepContext:
             return wanted
         return max(0, min(wanted, int(self.allowance // per_sample_calls)))
 
+    def draw_inputs(self, problem: Problem, wanted: int, generator: torch.Generator) -> torch.Tensor | None:
+        """Up to ``wanted`` inputs x ~ D ``[n, length]`` at one model call each, as many as the allowance affords;
+        ``None`` when it affords none (the step is done). The common first move of a per-input estimator's step."""
+        n = self.affordable(1.0, wanted)
+        return problem.distribution.sample(n, generator) if n else None
+
 
 @dataclass(frozen=True)
 class StepInfo:

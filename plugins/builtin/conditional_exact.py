@@ -76,14 +76,12 @@ class ConditionalExact(Estimator[ConditionalState]):
 
     def step(self, state: ConditionalState, problem: Problem, generator: torch.Generator,
              context: StepContext) -> tuple[ConditionalState, StepInfo]:
-        n = context.affordable(1.0, self.options.batch_size)
-        if n == 0:
+        if (tokens := context.draw_inputs(problem, self.options.batch_size, generator)) is None:
             return state, StepInfo(samples=state.samples, done=True)
-        tokens = problem.distribution.sample(n, generator)
         c = self._conditional(state, problem, tokens, generator).to(torch.float64).cpu().clamp(0.0, 1.0)
         new = ConditionalState(state.passing, state.total + float(c.sum()), state.squares + float((c * c).sum()),
                                state.hits + int((c > 0).sum()), state.fractional + int(((c > 0) & (c < 1)).sum()),
-                               state.samples + n)
+                               state.samples + len(tokens))
         return new, StepInfo(value=new.total / new.samples, std_error=_std_error(new), samples=new.samples)
 
     def _conditional(self, state: ConditionalState, problem: Problem, tokens: torch.Tensor,

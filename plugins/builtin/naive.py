@@ -57,12 +57,10 @@ class NaiveMonteCarlo(Estimator[NaiveState]):
 
     def step(self, state: NaiveState, problem: Problem, generator: torch.Generator,
              context: StepContext) -> tuple[NaiveState, StepInfo]:
-        n = context.affordable(1.0, self.options.batch_size)
-        if n == 0:
+        if (tokens := context.draw_inputs(problem, self.options.batch_size, generator)) is None:
             return state, StepInfo(samples=state.samples, done=True)
-        tokens = problem.distribution.sample(n, generator)
         hits = int(_hits(problem, tokens, generator).sum())
-        new = NaiveState(state.hits + hits, state.samples + n)
+        new = NaiveState(state.hits + hits, state.samples + len(tokens))
         value = new.hits / new.samples
         return new, StepInfo(value=value, std_error=_std_error(new), samples=new.samples)
 
