@@ -605,13 +605,14 @@ def ground_truth_run(spec: str, model: str | None, distribution: str | None, sam
 def _output_ground_truth(spec: str, model: str | None, distribution: str | None, target: str, output: Path, *,
                          samples: int, shard_size: int, first_seed: int, reservoir_size: int, batch_size: int,
                          progress: bool | None, dry_run: bool, executor: dict[str, Any]) -> None:
-    """``ground-truth run --target``: count an output event's hits by brute-force generation (serially)."""
+    """``ground-truth run --target``: count an output event's hits by brute-force generation, on the executor."""
     from lowprob.core.output_target import OutputTarget
-    from lowprob.output_ground_truth import run_output_ground_truth
+    from lowprob.ground_truth_tasks import ShardSettings, count_output_ground_truth
+    from lowprob.output_ground_truth import check_output_run, pending_output_seeds
 
-    if not ExecutorSettings().merged(**executor).create().in_process:
-        raise LowprobError("output-event ground truths are counted in this process only; drop --executor (run "
-                           "disjoint --first-seed ranges on several machines and merge the files)")
+    runner = ExecutorSettings().merged(**executor).create()
+    settings = {"samples": samples, "shard_size": shard_size, "first_seed": first_seed}
+    existing = check_output_run(output, **settings, reservoir_size=reservoir_size, batch_size=batch_size)
     registry = _registry()
     source = resolve_spec(spec, registry)
     compiled = compile_source(registry, source, model=model, targets=[target])
@@ -622,12 +623,15 @@ def _output_ground_truth(spec: str, model: str | None, distribution: str | None,
     dist = compiled.spec.distribution(distribution)
     name = source.name if distribution is None else distribution
     if dry_run:
+        todo = pending_output_seeds(existing, compiled.model, dist, name, event, output, **settings)
         click.echo(f"{output}: {compiled.model.name} on {name} (hash {dist.content_hash}), {event.describe()}: "
-                   f"{samples // shard_size} shards of {shard_size} wanted")
+                   f"{samples // shard_size} shards of {shard_size} wanted, {samples // shard_size - len(todo)} "
+                   f"already there, {len(todo)} to count")
         return
-    total = run_output_ground_truth(compiled.model, dist, name, event, output, samples=samples,
-                                    shard_size=shard_size, first_seed=first_seed, reservoir_size=reservoir_size,
-                                    batch_size=batch_size, progress=progress)
+    total = count_output_ground_truth(runner, compiled.model, dist, name, event, output, source=source,
+                                      dist_name=distribution, target=target, samples=samples, first_seed=first_seed,
+                                      settings=ShardSettings(shard_size, reservoir_size, batch_size=batch_size),
+                                      progress=progress)
     click.echo(f"{output}: {total.describe()}")
 
 

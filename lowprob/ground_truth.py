@@ -42,6 +42,7 @@ from lowprob.core.progress import progress_bar
 from lowprob.core.random import MAX_SEED
 from lowprob.core.validation_messages import format_validation_error
 from lowprob.results import write_atomic
+from lowprob.shards import merge_arrivals, merge_order, missing_seeds
 
 FORMAT = "lowprob-ground-truth/1"
 SHIPPED_PACKAGE = "lowprob"
@@ -54,6 +55,8 @@ MAX_SHARDS = 1 << 20
 MAX_SHARD_SIZE = 1 << 32
 MAX_RESERVOIR = 1 << 12
 """Hitting inputs kept per token at most."""
+IDENTITY = ("model", "distribution", "distribution_hash", "d_vocab", "shard_size")
+"""What files must share to merge: their shards count the same thing."""
 CHECKSUMMED = ("model", "distribution", "distribution_hash", "d_vocab", "samples", "shard_size", "seeds", "counts",
                "reservoir_size", "reservoir")
 """The fields the checksum covers: everything but ``metadata`` (timings and versions, rewritten by merges)."""
@@ -114,15 +117,7 @@ class GroundTruth:
 
     def merge(self, other: GroundTruth) -> GroundTruth:
         """The ground truth over both files' shards; they must describe the same model, distribution and shards."""
-        for name in ("model", "distribution", "distribution_hash", "d_vocab", "shard_size"):
-            if getattr(self, name) != getattr(other, name):
-                raise LowprobError(f"cannot merge ground truths with different {name}: "
-                                   f"{getattr(self, name)!r} vs {getattr(other, name)!r}")
-        overlap = sorted(set(self.seeds) & set(other.seeds))
-        if overlap:
-            raise LowprobError(f"cannot merge ground truths that share shard seeds {overlap[:5]}"
-                               f"{' ...' if len(overlap) > 5 else ''}: those inputs would be counted twice")
-        first, second = (self, other) if min(self.seeds, default=0) <= min(other.seeds, default=0) else (other, self)
+        first, second = merge_order(self, other, IDENTITY, "ground truths")
         size = max(self.reservoir_size, other.reservoir_size)
         counts = self.counts + other.counts
         samples = self.samples + other.samples
@@ -424,10 +419,9 @@ def check_output(path: Path) -> None:
     os.unlink(probe)
 
 
-def check_run(output: Path, *, samples: int, shard_size: int = 1 << 16, first_seed: int = 0,
-              reservoir_size: int = 8, reservoir_max_p: float = 1e-3, batch_size: int = 4096) -> GroundTruth | None:
-    """Validate a counting run before any model work: every setting in range, the output writable; returns the
-    (validated) ground truth already in ``output``, which the run resumes, or ``None``."""
+def check_settings(*, samples: int, shard_size: int = 1 << 16, first_seed: int = 0, reservoir_size: int = 8,
+                   reservoir_max_p: float = 1e-3, batch_size: int = 4096) -> None:
+    """Refuse a counting run's settings out of range (of either kind of ground truth) before any model work."""
     if not 1 <= shard_size <= MAX_SHARD_SIZE:
         raise LowprobError(f"the shard size must be from 1 to 2^{MAX_SHARD_SIZE.bit_length() - 1}, got {shard_size}")
     if samples <= 0 or samples % shard_size:
@@ -443,6 +437,14 @@ def check_run(output: Path, *, samples: int, shard_size: int = 1 << 16, first_se
         raise LowprobError(f"the reservoir's max probability must be in [0, 1], got {reservoir_max_p}")
     if batch_size < 1:
         raise LowprobError(f"the batch size must be at least 1, got {batch_size}")
+
+
+def check_run(output: Path, *, samples: int, shard_size: int = 1 << 16, first_seed: int = 0,
+              reservoir_size: int = 8, reservoir_max_p: float = 1e-3, batch_size: int = 4096) -> GroundTruth | None:
+    """Validate a counting run before any model work: every setting in range, the output writable; returns the
+    (validated) ground truth already in ``output``, which the run resumes, or ``None``."""
+    check_settings(samples=samples, shard_size=shard_size, first_seed=first_seed, reservoir_size=reservoir_size,
+                   reservoir_max_p=reservoir_max_p, batch_size=batch_size)
     check_output(output)
     return GroundTruth.load(output) if output.exists() else None
 
@@ -450,16 +452,12 @@ def check_run(output: Path, *, samples: int, shard_size: int = 1 << 16, first_se
 def pending_seeds(existing: GroundTruth | None, adapter: ModelAdapter, distribution: InputDistribution, name: str,
                   output: Path, *, samples: int, shard_size: int, first_seed: int = 0) -> list[int]:
     """The shard seeds a run still has to count; ``existing`` (the file at ``output``) must be the same ground
-    truth (model, distribution and its hash, shard size)."""
+    truth (model, distribution and its hash, vocabulary, shard size)."""
     _check_fits(adapter, distribution, name)
-    if existing is not None:
-        expected = (adapter.name, name, distribution.content_hash, shard_size)
-        found = (existing.model, existing.distribution, existing.distribution_hash, existing.shard_size)
-        if found != expected:
-            raise LowprobError(f"{output} holds a different ground truth (model, distribution, hash, shard size "
-                               f"{found}, expected {expected}); choose another output file")
-    done = set(existing.seeds) if existing is not None else set()
-    return [s for s in range(first_seed, first_seed + samples // shard_size) if s not in done]
+    identity = dict(zip(IDENTITY, (adapter.name, name, distribution.content_hash, adapter.d_vocab, shard_size),
+                        strict=True))
+    return missing_seeds(existing, identity, output, "ground truth", shards=samples // shard_size,
+                         first_seed=first_seed)
 
 
 def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, name: str, output: Path, *,
@@ -479,11 +477,7 @@ def run_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, nam
     todo = pending_seeds(total, adapter, distribution, name, output, samples=samples, shard_size=shard_size,
                          first_seed=first_seed)
     with progress_bar(len(todo) * shard_size, f"{adapter.name}/{name}", progress, unit="seq") as bar:
-        for seed in todo:
-            shard = count_shard(adapter, distribution, name, seed, shard_size, reservoir_size=reservoir_size,
-                                reservoir_max_p=reservoir_max_p, batch_size=batch_size, precision=precision,
-                                on_batch=bar.update)
-            total = shard if total is None else total.merge(shard)
-            total.save(output)
-    assert total is not None  # check_run refuses samples <= 0, so a shard was counted or already there
-    return total
+        shards = ((seed, count_shard(adapter, distribution, name, seed, shard_size, reservoir_size=reservoir_size,
+                                     reservoir_max_p=reservoir_max_p, batch_size=batch_size, precision=precision,
+                                     on_batch=bar.update)) for seed in todo)
+        return merge_arrivals(total, todo, shards, output)

@@ -35,14 +35,17 @@ from lowprob.ground_truth import (
     MAX_SHARD_SIZE,
     MAX_SHARDS,
     check_output,
+    check_settings,
     compress_seeds,
     expand_seeds,
     shard_generator,
 )
 from lowprob.results import write_atomic
+from lowprob.shards import merge_arrivals, merge_order, missing_seeds
 
 FORMAT = "lowprob-output-ground-truth/1"
-_IDENTITY = ("model", "distribution", "distribution_hash", "target", "shard_size")
+IDENTITY = ("model", "distribution", "distribution_hash", "target", "shard_size")
+"""What files must share to merge: their shards count the same event the same way."""
 
 
 @dataclass(frozen=True)
@@ -83,15 +86,7 @@ class OutputGroundTruth:
     def merge(self, other: OutputGroundTruth) -> OutputGroundTruth:
         """The ground truth over both files' shards; same model, distribution, event and shard size, no shared
         seed."""
-        for name in _IDENTITY:
-            if getattr(self, name) != getattr(other, name):
-                raise LowprobError(f"cannot merge output ground truths with different {name}: "
-                                   f"{getattr(self, name)!r} vs {getattr(other, name)!r}")
-        overlap = sorted(set(self.seeds) & set(other.seeds))
-        if overlap:
-            raise LowprobError(f"cannot merge output ground truths that share shard seeds {overlap[:5]}: those "
-                               "inputs would be counted twice")
-        first, second = (self, other) if min(self.seeds, default=0) <= min(other.seeds, default=0) else (other, self)
+        first, second = merge_order(self, other, IDENTITY, "output ground truths")
         size = max(self.reservoir_size, other.reservoir_size)
         seconds = float(self.metadata.get("seconds", 0)) + float(other.metadata.get("seconds", 0))
         return OutputGroundTruth(self.model, self.distribution, self.distribution_hash, self.target, self.shard_size,
@@ -216,33 +211,43 @@ def count_output_shard(adapter: ModelAdapter, distribution: InputDistribution, n
                              hits, tuple(reservoir), reservoir_size, metadata)
 
 
+def check_output_run(output: Path, *, samples: int, shard_size: int = 1 << 12, first_seed: int = 0,
+                     reservoir_size: int = 8, batch_size: int = 4096) -> OutputGroundTruth | None:
+    """Validate a counting run before any model work (settings in range, output writable); returns the output
+    ground truth already in ``output``, which the run resumes, or ``None``."""
+    check_settings(samples=samples, shard_size=shard_size, first_seed=first_seed, reservoir_size=reservoir_size,
+                   batch_size=batch_size)
+    check_output(output)
+    return OutputGroundTruth.load(output) if output.exists() else None
+
+
+def pending_output_seeds(existing: OutputGroundTruth | None, adapter: ModelAdapter, distribution: InputDistribution,
+                         name: str, target: OutputTarget, output: Path, *, samples: int, shard_size: int,
+                         first_seed: int = 0) -> list[int]:
+    """The shard seeds a run still has to count; ``existing`` (the file at ``output``) must count the same event
+    of the same model and distribution in shards of the same size."""
+    check_fits(target, distribution.length, adapter.n_ctx)
+    identity = dict(zip(IDENTITY, (adapter.name, name, distribution.content_hash, target.describe(), shard_size),
+                        strict=True))
+    return missing_seeds(existing, identity, output, "output ground truth", shards=samples // shard_size,
+                         first_seed=first_seed)
+
+
 def run_output_ground_truth(adapter: ModelAdapter, distribution: InputDistribution, name: str, target: OutputTarget,
                             output: Path, *, samples: int, shard_size: int = 1 << 12, first_seed: int = 0,
                             reservoir_size: int = 8, batch_size: int = 4096,
                             progress: bool | None = None) -> OutputGroundTruth:
     """Count shards ``first_seed ..`` until ``samples`` inputs are in ``output``, resuming what is there; the file
     is rewritten atomically after each shard."""
-    if shard_size < 1 or samples <= 0 or samples % shard_size:
-        raise LowprobError(f"samples ({samples}) must be a positive multiple of the shard size ({shard_size})")
-    check_output(output)
-    total = OutputGroundTruth.load(output) if output.exists() else None
-    if total is not None:
-        expected = (adapter.name, name, distribution.content_hash, target.describe(), shard_size)
-        found = tuple(getattr(total, k) for k in _IDENTITY)
-        if found != expected:
-            raise LowprobError(f"{output} holds a different output ground truth ({', '.join(_IDENTITY)}: {found}, "
-                               f"expected {expected}); choose another output file")
-    done = set(total.seeds) if total is not None else set()
-    todo = [s for s in range(first_seed, first_seed + samples // shard_size) if s not in done]
+    total = check_output_run(output, samples=samples, shard_size=shard_size, first_seed=first_seed,
+                             reservoir_size=reservoir_size, batch_size=batch_size)
+    todo = pending_output_seeds(total, adapter, distribution, name, target, output, samples=samples,
+                                shard_size=shard_size, first_seed=first_seed)
     with progress_bar(len(todo) * shard_size, f"{adapter.name}/{name}", progress, unit="seq") as bar:
-        for seed in todo:
-            shard = count_output_shard(adapter, distribution, name, target, seed, shard_size,
-                                       reservoir_size=reservoir_size, batch_size=batch_size, on_batch=bar.update)
-            total = shard if total is None else total.merge(shard)
-            total.save(output)
-    if total is None:
-        raise LowprobError("no shard counted")  # samples > 0, so a shard was counted or already there
-    return total
+        shards = ((seed, count_output_shard(adapter, distribution, name, target, seed, shard_size,
+                                            reservoir_size=reservoir_size, batch_size=batch_size,
+                                            on_batch=bar.update)) for seed in todo)
+        return merge_arrivals(total, todo, shards, output)
 
 
 def load_any(path: Path | str) -> Any:

@@ -28,10 +28,12 @@ from lowprob.api import SpecSource, compile_source, resolve_spec
 from lowprob.cli import main
 from lowprob.core.errors import LowprobError
 from lowprob.core.model import ModelAdapter
+from lowprob.core.output_target import OutputTarget
 from lowprob.executors import Executor, ExecutorSettings, SerialExecutor, _GroupQueue
 from lowprob.experiments import Experiment, plan, run
 from lowprob.ground_truth import GroundTruth, run_ground_truth
-from lowprob.ground_truth_tasks import ShardSettings, ShardTask, count_ground_truth
+from lowprob.ground_truth_tasks import ShardSettings, ShardTask, count_ground_truth, count_output_ground_truth
+from lowprob.output_ground_truth import OutputGroundTruth
 from lowprob.plugins import load_registry
 from lowprob.results import ResultRow, read_results
 
@@ -247,6 +249,72 @@ def test_cli_ground_truth_on_processes_equals_serial(tmp_path: Path, serial_file
                                        "--workers", "2", "--output", str(tmp_path / "gt.json")])
     assert result.exit_code == 0, result.output
     assert GroundTruth.load(tmp_path / "gt.json").to_json()["checksum"] == serial_file.to_json()["checksum"]
+
+
+EVENT = 'sample(2) contains {"0", "1", "2", "3"}'
+"""An output event of random-1l on the demo distribution (about 1.3 % of inputs hit it)."""
+
+
+def count_event(executor: Executor, demo: tuple[Any, SpecSource], output: Path, source: SpecSource | None = None,
+                samples: int = SAMPLES) -> OutputGroundTruth:
+    registry = load_registry()
+    source = source or demo[1]
+    compiled = compile_source(registry, source, model="random-1l", targets=[EVENT])
+    event = compiled.spec.target(compiled.target_names.get(EVENT, EVENT))
+    assert isinstance(event, OutputTarget)
+    return count_output_ground_truth(executor, compiled.model, compiled.spec.distribution(None), demo[1].name, event,
+                                     output, source=source, dist_name=None, target=EVENT, samples=samples,
+                                     settings=SETTINGS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def serial_event_file(demo: tuple[Any, SpecSource], tmp_path_factory: pytest.TempPathFactory) -> OutputGroundTruth:
+    return count_event(SerialExecutor(), demo, tmp_path_factory.mktemp("serial-event") / "gt.json")
+
+
+def test_output_ground_truth_equals_the_serial_run_and_resumes(executor: Executor, demo: tuple[Any, SpecSource],
+                                                              serial_event_file: OutputGroundTruth,
+                                                              tmp_path: Path) -> None:
+    assert 0 < serial_event_file.hits < SAMPLES // 10 and serial_event_file.reservoir  # a count that can differ
+    half = count_event(executor, demo, tmp_path / "gt.json", samples=SAMPLES // 2)  # a driver stopped half-way ...
+    assert half.seeds == tuple(range(4))
+    count_event(executor, demo, tmp_path / "gt.json")  # ... resumes from the file
+    saved = OutputGroundTruth.load(tmp_path / "gt.json")
+    assert saved.seeds == serial_event_file.seeds == tuple(range(8))
+    assert saved.to_json()["checksum"] == serial_event_file.to_json()["checksum"]  # hits, seeds and reservoir
+
+
+def test_a_killed_worker_output_shard_is_rerun_and_counted_once(demo: tuple[Any, SpecSource],
+                                                                serial_event_file: OutputGroundTruth, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "demo.lp"
+    spec.write_text(Path(DEMO).read_text())
+    monkeypatch.setattr(gt_tasks, "ShardTask", DyingShard)
+    runner = ExecutorSettings(executor="processes", workers=2, retries=2).create()
+    total = count_event(runner, demo, tmp_path / "gt.json", SpecSource(spec.read_text(), str(spec), "demo"))
+    assert spec.with_suffix(".killed").exists(), "the worker running shard 3 should have been killed"
+    assert total.seeds == tuple(range(8)) and total.samples == SAMPLES
+    assert OutputGroundTruth.load(tmp_path / "gt.json").to_json()["checksum"] == serial_event_file.to_json()["checksum"]
+
+
+def test_cli_output_ground_truth_on_processes_equals_serial_and_merges(tmp_path: Path,
+                                                                       serial_event_file: OutputGroundTruth) -> None:
+    args = ["ground-truth", "run", DEMO, "--model", "random-1l", "--target", EVENT, "--shard-size", "2^9",
+            "--batch-size", "512", "--executor", "processes", "--workers", "2", "--no-progress"]
+    for first, out in ((0, "low.json"), (4, "high.json")):
+        result = CliRunner().invoke(main, [*args, "--samples", "2^11", "--first-seed", str(first), "--output",
+                                           str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, [*args, "--samples", "2^11", "--output", str(tmp_path / "low.json"),
+                                       "--dry-run"])
+    assert result.exit_code == 0 and "4 shards of 512 wanted, 4 already there, 0 to count" in result.output
+    merge = ["ground-truth", "merge", str(tmp_path / "high.json"), str(tmp_path / "low.json"), "--output"]
+    result = CliRunner().invoke(main, [*merge, str(tmp_path / "gt.json")])
+    assert result.exit_code == 0, result.output
+    assert OutputGroundTruth.load(tmp_path / "gt.json").to_json()["checksum"] == serial_event_file.to_json()["checksum"]
+    result = CliRunner().invoke(main, [*merge[:3], str(tmp_path / "gt.json"), "--output", str(tmp_path / "x.json")])
+    assert result.exit_code == 1 and "share shard seeds [4, 5, 6, 7]" in result.output
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_a_free_worker_gets_more_of_its_own_group_first() -> None:

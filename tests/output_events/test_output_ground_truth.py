@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from output_toys import toy_output_problem
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.output_target import OutputTarget
-from lowprob.output_ground_truth import OutputGroundTruth, load_any, run_output_ground_truth
+from lowprob.output_ground_truth import OutputGroundTruth, count_output_shard, load_any, run_output_ground_truth
+from lowprob.shards import merge_arrivals
 
 EVENT = 'sample(2) contains "b"'
 
@@ -67,3 +69,39 @@ def test_another_event_does_not_resume_a_file(tmp_path: Path) -> None:
     assert isinstance(toy.target, OutputTarget)
     with pytest.raises(LowprobError, match="holds a different output ground truth"):
         run_output_ground_truth(toy.model, toy.distribution, "toy", toy.target, path, samples=1024, shard_size=512)
+
+
+def test_shards_arriving_out_of_order_or_twice_are_merged_in_seed_order_once(tmp_path: Path) -> None:
+    """What the driver of an executor run does with shards as workers send them (a rerun task's shard twice)."""
+    whole = _count(tmp_path / "whole.json", 2048)
+    toy = toy_output_problem(EVENT)
+    assert isinstance(toy.target, OutputTarget)
+    shards = {s: count_output_shard(toy.model, toy.distribution, "toy", toy.target, s, 512, reservoir_size=4,
+                                    batch_size=256) for s in range(4)}
+    saved: list[tuple[int, ...]] = []
+
+    def arrivals() -> Iterator[tuple[int, OutputGroundTruth]]:
+        for seed in (2, 0, 2, 3, 1, 0):
+            yield seed, shards[seed]
+            saved.append(OutputGroundTruth.load(tmp_path / "out.json").seeds if (tmp_path / "out.json").exists()
+                         else ())
+
+    total = merge_arrivals(None, [0, 1, 2, 3], arrivals(), tmp_path / "out.json")
+    assert saved == [(), (0,), (0,), (0,), (0, 1, 2, 3), (0, 1, 2, 3)]  # the file only ever holds a seed prefix
+    assert total.to_json()["checksum"] == whole.to_json()["checksum"]
+    assert OutputGroundTruth.load(tmp_path / "out.json").to_json()["checksum"] == whole.to_json()["checksum"]
+
+
+def test_settings_are_checked_before_anything_is_counted(tmp_path: Path) -> None:
+    with pytest.raises(LowprobError, match="reservoir size must be from 0 to 4096"):
+        _count_with(tmp_path / "gt.json", reservoir_size=5000)
+    with pytest.raises(LowprobError, match="first seed must be"):
+        _count_with(tmp_path / "gt.json", first_seed=-1)
+    assert not (tmp_path / "gt.json").exists()
+
+
+def _count_with(path: Path, **settings: int) -> OutputGroundTruth:
+    toy = toy_output_problem(EVENT)
+    assert isinstance(toy.target, OutputTarget)
+    return run_output_ground_truth(toy.model, toy.distribution, "toy", toy.target, path,
+                                   **{"samples": 512, "shard_size": 512, **settings})
