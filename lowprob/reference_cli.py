@@ -234,11 +234,11 @@ def reference_cross_check(model: str, distribution: str, n_tokens: int, band: tu
 @click.argument("model")
 @click.argument("distribution")
 @click.option("--screen", "n_screen", type=click.IntRange(1), default=64, show_default=True,
-              help="Candidates to pilot (the first of a seeded permutation).")
+              help="Never-seen candidates to pilot (the first of a seeded permutation).")
 @click.option("--band", type=(float, float), default=(1e-9, 1e-5), show_default=True)
 @click.option("--max-hits", type=click.IntRange(0), default=11, show_default=True,
               help="Candidates: tokens with at most this many shipped ground-truth hits.")
-@click.option("--pilot", default="itgis", show_default=True, help="Pilot estimator (unbiased).")
+@click.option("--pilot", default="tsmc", show_default=True, help="Pilot estimator (unbiased; tsmc sees more).")
 @click.option("--pilot-option", "pilot_options", multiple=True, help="key=value for the pilot, e.g. batch_size=64.")
 @click.option("--pilot-calls", type=Count(1), default="2^12", show_default=True)
 @click.option("--choose", "n_choose", type=click.IntRange(0), default=0, help="Also choose this many test tokens.")
@@ -246,10 +246,13 @@ def reference_cross_check(model: str, distribution: str, n_tokens: int, band: tu
 @click.option("--output", type=FilePath(path_type=Path, dir_okay=False), required=True,
               help="Pilot rows (results file); resumed if there.")
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--json", "as_json", type=FilePath(path_type=Path, dir_okay=False), default=None,
+              help="Also write the screening (rules, kept tokens with their evidence, chosen, cost) as JSON.")
 def reference_screen(model: str, distribution: str, n_screen: int, band: tuple[float, float], max_hits: int,
                      pilot: str, pilot_options: tuple[str, ...], pilot_calls: int, n_choose: int, seed: int,
-                     output: Path, threads: int) -> None:
-    """Screen tokens the shipped ground truth barely saw for targets: keep a positive pilot meeting BAND."""
+                     output: Path, threads: int, as_json: Path | None) -> None:
+    """Screen tokens the shipped ground truth barely saw for targets: keep a few-hit token whose ground-truth
+    interval meets BAND, and a never-seen token whose positive pilot's interval does."""
     torch.set_num_threads(threads)
     registry = load_registry()
     (method,) = parse_methods([pilot], [f"{pilot}.{o}" for o in pilot_options])
@@ -258,9 +261,22 @@ def reference_screen(model: str, distribution: str, n_screen: int, band: tuple[f
     gt = load_shipped(model, distribution)
     source = compile_source(registry, resolve_spec(distribution, registry), model=model)
     result = screen(registry, Engine(output), source, gt, rules)
-    click.echo(f"{result.candidates} candidates (≤ {max_hits} hits in {gt.samples}); piloted {len(result.screened)}; "
-               f"{len(result.kept)} kept (a positive pilot whose interval meets [{band[0]:g}, {band[1]:g})); "
-               f"cost {result.calls:.0f} calls, {result.seconds:.0f} s")
-    click.echo("kept: " + " ".join(f"#{t}={result.pilots[t]:.2g}" for t in result.kept))
+    piloted = [t for t in result.kept if t in result.pilots]
+    chosen = result.choose(n_choose, seed) if n_choose else ()
+    click.echo(f"{result.candidates} candidates (≤ {max_hits} hits in {gt.samples}); "
+               f"{len(result.by_ground_truth)} few-hit kept by their ground-truth interval; piloted "
+               f"{len(result.screened)} never-seen, {len(piloted)} kept (a positive pilot whose interval meets "
+               f"[{band[0]:g}, {band[1]:g})); pilot cost {result.calls:.0f} calls, {result.seconds:.0f} s")
+    click.echo("kept: " + " ".join([f"#{t}={gt.probability(t):.2g}(gt)" for t in result.by_ground_truth]
+                                   + [f"#{t}={result.pilots[t]:.2g}(pilot)" for t in piloted]))
     if n_choose:
-        click.echo("chosen: " + " ".join(f"#{t}" for t in result.choose(n_choose, seed)))
+        click.echo("chosen: " + " ".join(f"#{t}" for t in chosen))
+    if as_json is not None:
+        summary = {"model": model, "distribution": gt.distribution, "distribution_hash": gt.distribution_hash,
+                   "ground_truth_samples": gt.samples, "rules": rules.model_dump(mode="json"),
+                   "candidates": result.candidates,
+                   "kept_by_ground_truth": {str(t): int(gt.counts[t]) for t in result.by_ground_truth},
+                   "piloted": list(result.screened), "pilots": {str(t): v for t, v in result.pilots.items()},
+                   "kept_by_pilot": piloted, "kept": list(result.kept), "chosen": list(chosen),
+                   "pilot_calls": result.calls, "pilot_seconds": round(result.seconds, 1)}
+        write_atomic(as_json, json.dumps(summary, indent=1) + "\n")

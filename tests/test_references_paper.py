@@ -21,7 +21,7 @@ from lowprob.protocol import PAPER_BAND, PAPER_TUNING_BAND
 from lowprob.references import EXPERIMENT, ReferenceMethod, reference_seed
 from lowprob.reproduce import plan, shipped_config
 from lowprob.results import ResultRow, RowSpec
-from lowprob.target_screening import ScreenRules, screen, screening_order
+from lowprob.target_screening import ScreenRules, screen, screening_order, seen_in_band
 from tests.made_estimates import made_estimate
 
 
@@ -103,11 +103,13 @@ def test_screening_is_deterministic_and_keeps_the_tokens_in_band(tmp_path: Path)
     gt = _planted_ground_truth(source, {2: 3}, 1 << 12)  # HIT (p = 1e-3) seen 3 times: a few-hit candidate
     rules = ScreenRules(band=(1e-4, 1e-2), screen=30, pilot=ReferenceMethod(estimator="naive"), pilot_calls=8192)
     order = screening_order(gt, rules)
-    assert order == screening_order(gt, rules) and sorted(order) == [t for t in range(30) if t != 3]
-    assert order[0] == 2  # few-hit tokens are screened before never-seen ones
+    assert order == screening_order(gt, rules) and sorted(order) == [t for t in range(30) if t not in (2, 3)]
     assert order != screening_order(gt, rules.model_copy(update={"seed": 1}))
+    assert seen_in_band(gt, rules) == (2,)  # its Clopper-Pearson interval [1.5e-4, 2.1e-3] meets the band
+    assert seen_in_band(gt, rules.model_copy(update={"band": (3e-3, 1e-2)})) == ()
     first = screen(registry, Engine(tmp_path / "a.jsonl"), source, gt, rules)
-    assert first.kept == (2,) and first.candidates == 29 and first.calls == 29 * 8192
+    assert first.kept == (2,) and first.by_ground_truth == (2,) and 2 not in first.pilots  # no pilot spent on it
+    assert first.candidates == 29 and first.calls == 28 * 8192 and set(first.pilots.values()) == {0.0}
     again = screen(registry, Engine(tmp_path / "b.jsonl"), source, gt, rules)
     assert again.pilots == first.pilots and again.kept == first.kept
     before = (tmp_path / "a.jsonl").read_bytes()
@@ -115,3 +117,16 @@ def test_screening_is_deterministic_and_keeps_the_tokens_in_band(tmp_path: Path)
     assert (tmp_path / "a.jsonl").read_bytes() == before  # resumed: no pilot ran twice
     assert first.choose(1, 0) == (2,) and screen(registry, Engine(tmp_path / "c.jsonl"), source, gt,
                                                  rules.model_copy(update={"screen": 3})).screened == order[:3]
+
+
+def test_a_never_seen_token_is_kept_by_a_positive_pilot_in_band(tmp_path: Path) -> None:
+    registry = load_registry()
+    source = compile_source(registry, resolve_spec("planted-threshold-e3", registry), model="planted-threshold")
+    gt = _planted_ground_truth(source, {}, 1 << 8)  # 256 samples never saw HIT (p = 1e-3)
+    rules = ScreenRules(band=(1e-4, 1e-2), screen=40, pilot=ReferenceMethod(estimator="naive"), pilot_calls=1 << 13)
+    result = screen(registry, Engine(tmp_path / "a.jsonl"), source, gt, rules)
+    assert result.by_ground_truth == () and 2 in result.screened and result.kept == (2,)
+    assert result.pilots[2] > 0 and all(v == 0 for t, v in result.pilots.items() if t != 2)
+    missed = screen(registry, Engine(tmp_path / "b.jsonl"), source, gt, rules.model_copy(update={"band": (1e-9,
+                                                                                                          1e-5)}))
+    assert missed.kept == ()  # a pilot near 1e-3 is outside [1e-9, 1e-5)
