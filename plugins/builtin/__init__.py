@@ -4,6 +4,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "lowprob.plugins.builtin.naive",
     "lowprob.plugins.builtin.conditional_exact",
     "lowprob.plugins.builtin.output_tsmc",
+    "lowprob.plugins.builtin.output_tsmc_ctl",
     "lowprob.plugins.builtin.itgis",
     "lowprob.plugins.builtin.mhis",
     "lowprob.plugins.builtin.tsmc_estimators",
