@@ -133,11 +133,12 @@ class MeteredModel:
     def embedding_gradients(self, tokens: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         return self._metered(True, self.adapter.embedding_gradients, tokens, target)
 
-    def decoding(self, tokens: torch.Tensor, steps: int) -> Decoding:
+    def decoding(self, tokens: torch.Tensor, steps: int, walked: int = 0) -> Decoding:
         """An incremental decoding session over the prompts ``tokens [B, n]`` for up to ``steps`` tokens, for
         estimators that choose each token themselves (twisted SMC over generated tokens); it costs what
-        :meth:`generate` of ``steps`` tokens costs."""
-        return Decoding(self, tokens, steps)
+        :meth:`generate` of ``steps`` tokens costs. The first ``walked`` of them are input positions the caller
+        pushes (joint twisted SMC): positions, not generated tokens."""
+        return Decoding(self, tokens, steps, walked)
 
     @property
     def W_E(self) -> torch.Tensor:  # noqa: N802
@@ -167,7 +168,7 @@ class Decoding:
     positions, ``steps`` generated tokens), counted when it opens.
     """
 
-    def __init__(self, meter: MeteredModel, tokens: torch.Tensor, steps: int) -> None:
+    def __init__(self, meter: MeteredModel, tokens: torch.Tensor, steps: int, walked: int = 0) -> None:
         started = time.perf_counter()
         tokens = generation.check_request(meter.adapter, tokens, steps, "decoding")
         self.meter, self.steps, self.pushed = meter, steps, 0
@@ -175,7 +176,7 @@ class Decoding:
         self.logits = self.decoder.start(tokens)
         meter._forward += tokens.shape[0]
         meter._positions += tokens.shape[0] * (tokens.shape[1] + steps - 1)
-        meter._generated += tokens.shape[0] * steps
+        meter._generated += tokens.shape[0] * (steps - walked)
         meter._seconds += time.perf_counter() - started
 
     @property
