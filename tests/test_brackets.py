@@ -35,7 +35,7 @@ def test_brackets_bound_the_ground_truth_log_probability(tmp_path: Path) -> None
         assert row.lower <= row.log_p_true + 0.3
         assert row.upper >= row.log_p_true - 0.3
         assert row.positives == len(gt.hitting_inputs(row.token)) and 0 <= row.zero_runs <= row.runs == 6
-    with pytest.raises(LowprobError, match=r"bidirectional bounds \(tsmc, tsmc-ctl\), not 'naive'"):
+    with pytest.raises(LowprobError, match=r"bidirectional bounds \(.*tsmc, tsmc-ctl\), not 'naive'"):
         bracket_targets(registry, gt, "naive", tokens)
     with pytest.raises(LowprobError, match="no hitting inputs"):
         bracket_targets(registry, gt, "tsmc", [int(gt.counts.argmin())])

@@ -42,7 +42,8 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
 """Options that fit the estimators to a toy problem's tiny size (defaults are sized for real models); MHIS's
 T = 3 suits the lookup toy's logit scale (see docs/estimators/mhis.md, failure modes)."""
 COVERAGE_CALLS = {"naive": 1000, "itgis": 6000, "mhis": 6000, "tsmc": 900, "tsmc-ctl": 1500, "ams": 1500,
-                  "subset-simulation": 1500, "gams": 900, "output-tsmc": 1000, "conditional-exact": 1000}
+                  "subset-simulation": 1500, "gams": 900, "output-tsmc": 1000, "output-tsmc-ctl": 1000,
+                  "conditional-exact": 1000}
 """Budgets at which the normal-approximation intervals are expected to hold their level on the lookup toy;
 ITGIS's interval under-covers at a few hundred samples (documented in docs/estimators/itgis.md); so does
 tsmc-ctl's Student-t interval over replicates at 900 calls (docs/estimators/tsmc.md)."""
