@@ -178,6 +178,7 @@ class StepFacts:
     hit: torch.Tensor
 
     def take(self, index: torch.Tensor) -> StepFacts:
+        """The facts of the prefixes ``index`` (resampled particles)."""
         return StepFacts(None if self.features is None else self.features[index], self.log_mass[index],
                          self.log_miss[index], self.hit[index])
 
@@ -197,6 +198,7 @@ class Trace:
     log_weights: torch.Tensor | None = None
 
     def reindex(self, ancestors: torch.Tensor) -> None:
+        """Follow a resampling: the paths of the particles' ``ancestors``."""
         self.path = [f.take(ancestors) for f in self.path]
         self.chosen = [c[ancestors] for c in self.chosen]
         self.took_set = [c[ancestors] for c in self.took_set]
