@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -316,6 +316,8 @@ class ScoredEstimator(Estimator[Any]):
     and fits it on a pilot within :data:`PILOT_SHARE`."""
 
     options: SplittingOptions
+    builtin_scores: ClassVar[Mapping[str, ScoreBuilder]] = BUILTIN_SCORES
+    """The scores it finds without a registry."""
 
     def __init__(self, options: EstimatorOptions | Mapping[str, Any] | None = None, *,
                  registry: Registry | None = None) -> None:
@@ -329,11 +331,11 @@ class ScoredEstimator(Estimator[Any]):
             name = self.options.score
             if self._registry is not None:
                 self._builder = self._registry.score(name)
-            elif name in BUILTIN_SCORES:
-                self._builder = BUILTIN_SCORES[name]
+            elif name in self.builtin_scores:
+                self._builder = self.builtin_scores[name]
             else:
                 raise LowprobError(f"unknown score {name!r} for estimator {self.name!r}: the built-in scores are "
-                                   f"{', '.join(sorted(BUILTIN_SCORES))}; a plugin's score needs the estimator "
+                                   f"{', '.join(sorted(self.builtin_scores))}; a plugin's score needs the estimator "
                                    f"from registry.create_estimator({self.name!r}, options)")
         return self._builder
 
