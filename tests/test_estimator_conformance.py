@@ -36,6 +36,7 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
     "ams": {"replicas": 32, "kill": 4, "mcmc_steps": 5},
     "subset-simulation": {"replicas": 32, "p0": 0.25},
     "gams": {"replicas": 64, "kill": 16, "runs": 6, "pilot": 16},
+    "output-gams": {"replicas": 64, "kill": 16, "runs": 6},
     "tsmc-ctl": {"particles": 32, "pilot": 16, "train_particles": 16, "rounds": 1, "train_steps": 3,
                  "weight_decay": 1.0},
 }
@@ -43,7 +44,7 @@ TOY_OPTIONS: dict[str, dict[str, Any]] = {
 T = 3 suits the lookup toy's logit scale (see docs/estimators/mhis.md, failure modes)."""
 COVERAGE_CALLS = {"naive": 1000, "itgis": 6000, "mhis": 6000, "tsmc": 900, "tsmc-ctl": 1500, "ams": 1500,
                   "subset-simulation": 1500, "gams": 900, "output-tsmc": 1000, "output-tsmc-ctl": 1000,
-                  "conditional-exact": 1000}
+                  "conditional-exact": 1000, "output-gams": 900, "joint-tsmc": 1000}
 """Budgets at which the normal-approximation intervals are expected to hold their level on the lookup toy;
 ITGIS's interval under-covers at a few hundred samples (documented in docs/estimators/itgis.md); so does
 tsmc-ctl's Student-t interval over replicates at 900 calls (docs/estimators/tsmc.md)."""

@@ -14,7 +14,7 @@ at most the k-th smallest (ties included) and branches each killed one from a un
 to the state where its ξ first exceeds the level; the rest is drawn afresh — the input suffix from D, then the
 continuation from the model in one decoding session (one model call, whatever the branch point; the prompt's
 pass alone when one token is left to choose). A branch at a
-stopped state copies the survivor whole, at no cost.
+stopped state copies the survivor whole, at no cost, and so does one from the whole input on under greedy decoding.
 
 The built-in score ``lookahead`` (no pilot, no prefix scores, so input prefixes are never branch points and inputs
 are copied from survivors) is the one-step look-ahead of ``output-tsmc``'s training-free twist:
@@ -116,10 +116,13 @@ class OutputGAMS(GAMS):
 
     def branch(self, layout: Layout, paths: Paths, z: float, dead: torch.Tensor, problem: Problem,
                generator: torch.Generator | Enumerator) -> tuple[Paths, torch.Tensor]:
-        """gams' branching, except that a branch at a stopped state (a sure hit, ξ = +∞) copies the whole path."""
+        """gams' branching, except that a branch at a stopped state (a sure hit, ξ = +∞), or anywhere from the whole
+        input on under greedy decoding (the continuation is a function of the input), copies the whole path."""
         branched, first = super().branch(layout, paths, z, dead, problem, generator)
-        stopped = branched.xi.gather(1, first[:, None])[:, 0] == math.inf
-        return branched, torch.where(stopped, branched.xi.shape[1] - 1, first)
+        copy = branched.xi.gather(1, first[:, None])[:, 0] == math.inf
+        if path_event(problem).sampling.greedy:
+            copy |= first >= layout.steps - 1
+        return branched, torch.where(copy, branched.xi.shape[1] - 1, first)
 
     def renew(self, paths: Paths, first: torch.Tensor, score: Score, problem: Problem,
               generator: torch.Generator) -> Paths:
