@@ -72,7 +72,8 @@ class LookaheadScore:
         lookahead = torch.logsumexp(log_p + log_psi, dim=1)
         return lookahead if self.event.contains else step + lookahead.exp()
 
-    def prefixes(self, tokens: torch.Tensor) -> None:
+    def prefixes(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """No prefix scores: input prefixes before the whole input are never branch points."""
         return None
 
     def describe(self) -> dict[str, Any]:

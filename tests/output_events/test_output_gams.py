@@ -63,7 +63,7 @@ class FirstTokenScore(LookaheadScore):
     """The look-ahead score with a score for the first input position (0 after ``b``, −1 after ``a``), so that
     replicas branch inside the input too."""
 
-    def prefixes(self, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def prefixes(self, tokens: torch.Tensor) -> torch.Tensor:
         first = (tokens[:, :1] == 1).to(torch.float64) - 1.0  # b is token 1
         return torch.cat([first, torch.zeros_like(first)], dim=1)
 
