@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from lowprob import __version__
 from lowprob.core.certified_argmax import CertifiedArgmax, CertifiedUnembedding, matmul_mode
@@ -40,9 +40,7 @@ from lowprob.core.fast_forward import FirstLayerTable
 from lowprob.core.model import ModelAdapter
 from lowprob.core.progress import progress_bar
 from lowprob.core.random import MAX_SEED
-from lowprob.core.validation_messages import format_validation_error
-from lowprob.results import write_atomic
-from lowprob.shards import merge_arrivals, merge_order, missing_seeds
+from lowprob.shards import merge_arrivals, merge_order, missing_seeds, parse_file, read_json, write_json
 
 FORMAT = "lowprob-ground-truth/1"
 SHIPPED_PACKAGE = "lowprob"
@@ -143,44 +141,16 @@ class GroundTruth:
     @classmethod
     def from_json(cls, data: Any, source: str = "<data>") -> GroundTruth:
         """Inverse of :meth:`to_json`, validated field by field; ``source`` names the file in errors."""
-        if not isinstance(data, dict):
-            kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data),
-                                                                                                   "a number")
-            raise LowprobError(f"{source}: not a lowprob ground-truth file (its JSON is {kind}, not an object)")
-        if data.get("format") != FORMAT:
-            raise LowprobError(f"{source}: not a lowprob ground-truth file (format {data.get('format')!r}, "
-                               f"expected {FORMAT!r})")
-        try:
-            file = _GroundTruthFile.model_validate(data)
-        except ValidationError as exc:
-            lines = format_validation_error(exc, _GroundTruthFile)
-            more = f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else ""
-            raise LowprobError(f"{source}: damaged ground-truth file:\n  " + "\n  ".join(lines[:8]) + more) from None
-        return file.ground_truth(source, data)
+        return parse_file(data, _GroundTruthFile, FORMAT, "ground-truth", source).ground_truth(source, data)
 
     def save(self, path: Path | str) -> None:
         """Write atomically (a killed write never leaves a half-written file)."""
-        write_atomic(Path(path), json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path | str) -> GroundTruth:
         """Read and validate a ground-truth file; any damage is a :class:`LowprobError` naming file and field."""
-        path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise LowprobError(f"no ground-truth file at {path}") from None
-        except OSError as exc:
-            raise LowprobError(f"{path}: cannot read the ground-truth file ({exc.strerror or exc})") from None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise LowprobError(f"{path}: not a ground-truth file (not UTF-8 text: byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise LowprobError(f"{path}: not JSON ({exc})") from None
-        except RecursionError:
-            raise LowprobError(f"{path}: not a ground-truth file (JSON nested too deeply)") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(read_json(Path(path), "ground-truth"), str(path))
 
 
 def checksum(data: Mapping[str, Any]) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from lowprob import __version__
 from lowprob.core.distribution import InputDistribution
@@ -29,19 +29,18 @@ from lowprob.core.model import ModelAdapter
 from lowprob.core.output_target import OutputTarget, check_fits
 from lowprob.core.progress import progress_bar
 from lowprob.core.random import MAX_SEED
-from lowprob.core.validation_messages import format_validation_error
 from lowprob.ground_truth import (
     MAX_RESERVOIR,
     MAX_SHARD_SIZE,
     MAX_SHARDS,
+    GroundTruth,
     check_output,
     check_settings,
     compress_seeds,
     expand_seeds,
     shard_generator,
 )
-from lowprob.results import write_atomic
-from lowprob.shards import merge_arrivals, merge_order, missing_seeds
+from lowprob.shards import merge_arrivals, merge_order, missing_seeds, parse_file, read_json, write_json
 
 FORMAT = "lowprob-output-ground-truth/1"
 IDENTITY = ("model", "distribution", "distribution_hash", "target", "shard_size")
@@ -106,14 +105,7 @@ class OutputGroundTruth:
     @classmethod
     def from_json(cls, data: Any, source: str = "<data>") -> OutputGroundTruth:
         """Inverse of :meth:`to_json`, validated; ``source`` names the file in errors."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LowprobError(f"{source}: not a lowprob output ground-truth file (format "
-                               f"{data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
-        try:
-            file = _File.model_validate(data)
-        except ValidationError as exc:
-            lines = format_validation_error(exc, _File)
-            raise LowprobError(f"{source}: damaged output ground-truth file:\n  " + "\n  ".join(lines[:8])) from None
+        file = parse_file(data, _File, FORMAT, "output ground-truth", source)
         if file.checksum != _checksum(data):
             raise LowprobError(f"{source}: damaged output ground-truth file: checksum: does not match the file's "
                                "contents (it was edited or damaged after it was written)")
@@ -129,19 +121,12 @@ class OutputGroundTruth:
 
     def save(self, path: Path | str) -> None:
         """Write atomically."""
-        write_atomic(Path(path), json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: Path | str) -> OutputGroundTruth:
         """Read and validate a file; damage is a :class:`LowprobError` naming the file."""
-        path = Path(path)
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise LowprobError(f"no output ground-truth file at {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise LowprobError(f"{path}: not an output ground-truth file ({exc})") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(read_json(Path(path), "output ground-truth"), str(path))
 
     def describe(self) -> str:
         """One line: what was counted and the empirical probability."""
@@ -253,13 +238,7 @@ def run_output_ground_truth(adapter: ModelAdapter, distribution: InputDistributi
 def load_any(path: Path | str) -> Any:
     """A ground-truth file of either kind: an :class:`OutputGroundTruth` or an argmax
     :class:`~lowprob.ground_truth.GroundTruth`, by its ``format``."""
-    from lowprob.ground_truth import GroundTruth
-
-    path = Path(path)
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return GroundTruth.load(path)  # which says what is wrong with the file
+    data = read_json(Path(path), "ground-truth")
     if isinstance(data, dict) and data.get("format") == FORMAT:
         return OutputGroundTruth.from_json(data, str(path))
     return GroundTruth.from_json(data, str(path))

@@ -1,6 +1,6 @@
 """What every sharded count shares (argmax and output-event ground truths): refusing merges that would mix
-different counts or count an input twice, finding the shards a file still lacks, and merging shards into the file
-as they arrive, with the caller as its only writer.
+different counts or count an input twice, finding the shards a file still lacks, merging shards into the file as
+they arrive, with the caller as its only writer, and reading, validating and atomically writing the files.
 
 A count is made of shards: shard ``s`` is counted with generators seeded by ``s``, so a file is fully described by
 its identity (model, distribution, what is counted, shard size) and its set of shard seeds.
@@ -8,11 +8,16 @@ its identity (model, distribution, what is counted, shard size) and its set of s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
 from lowprob.core.errors import LowprobError
+from lowprob.core.validation_messages import format_validation_error
+from lowprob.results import write_atomic
 
 
 class ShardedCount(Protocol):
@@ -27,6 +32,7 @@ class ShardedCount(Protocol):
 
 
 C = TypeVar("C", bound=ShardedCount)
+M = TypeVar("M", bound=BaseModel)
 
 
 def merge_order(a: C, b: C, identity: Sequence[str], kind: str) -> tuple[C, C]:
@@ -84,3 +90,44 @@ def merge_arrivals(total: C | None, todo: Sequence[int], arrivals: Iterable[tupl
     if total is None:
         raise LowprobError(f"no shard was counted for {output}")  # callers refuse samples <= 0 beforehand
     return total
+
+
+def read_json(path: Path, kind: str) -> Any:
+    """The JSON value in the ``kind`` file (e.g. ``ground-truth``) at ``path``; a missing, unreadable or non-JSON
+    file is a :class:`LowprobError` that names it and says what is wrong."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise LowprobError(f"no {kind} file at {path}") from None
+    except OSError as exc:
+        raise LowprobError(f"{path}: cannot read the {kind} file ({exc.strerror or exc})") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LowprobError(f"{path}: not a {kind} file (not UTF-8 text: byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise LowprobError(f"{path}: not JSON ({exc})") from None
+    except RecursionError:
+        raise LowprobError(f"{path}: not a {kind} file (JSON nested too deeply)") from None
+
+
+def write_json(path: Path | str, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as one line of compact JSON, atomically (a killed write never leaves a half-written file)."""
+    write_atomic(Path(path), json.dumps(data, separators=(",", ":")) + "\n")
+
+
+def parse_file(data: Any, schema: type[M], file_format: str, kind: str, source: str) -> M:
+    """``data`` (the JSON of ``source``) validated against ``schema`` as a ``kind`` file of ``file_format``;
+    anything else is a :class:`LowprobError` naming the file and, for a damaged one, the fields."""
+    if not isinstance(data, dict):
+        what = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        raise LowprobError(f"{source}: not a lowprob {kind} file (its JSON is {what}, not an object)")
+    if data.get("format") != file_format:
+        raise LowprobError(f"{source}: not a lowprob {kind} file (format {data.get('format')!r}, "
+                           f"expected {file_format!r})")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        lines = format_validation_error(exc, schema)
+        more = f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else ""
+        raise LowprobError(f"{source}: damaged {kind} file:\n  " + "\n  ".join(lines[:8]) + more) from None
