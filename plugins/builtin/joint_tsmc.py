@@ -14,8 +14,12 @@ model's next-token distribution there as if the continuation began at once, unde
 its top-k or argmax (which say little about the end's). A twist of a candidate token is known only after a pass
 over it, so the input proposal is D itself; the twist acts through the weights and resampling.
 
-Each SMC run is one decoding session of ``particles`` sequences over input and continuation (one model call each,
-the cost of generating the continuation); runs repeat until the budget is spent and combine as replicates.
+``input_twist="final"`` (the default) twists only the whole input (ψ_j = 1 before it): the inputs are drawn from
+D, reweighted by ψ_{m−1}(x) and resampled, then continued; the session then opens on the whole input at once.
+``"prefix"`` twists every prefix, walking the input through the key/value cache one position at a time; measured
+on lowprob-1l it loses (docs/estimators/joint-tsmc.md). Each SMC run is one decoding session of ``particles``
+sequences over input and continuation (one model call each, the cost of generating the continuation); runs
+repeat until the budget is spent and combine as replicates.
 """
 
 from __future__ import annotations
@@ -56,8 +60,8 @@ class JointTSMCOptions(EstimatorOptions):
     ess_threshold: float = Field(default=0.5, ge=0.0, le=1.0,
                                  description="resample (multinomially) when ESS < this × particles")
     input_twist: InputTwist = Field(default="final",
-                                    description="twist every input prefix ('prefix') or only the whole input "
-                                                "('final': inputs drawn from D, reweighted by the look-ahead)")
+                                    description="twist only the whole input ('final': inputs drawn from D, "
+                                                "reweighted by the look-ahead) or every input prefix ('prefix')")
 
 
 def log_lookahead(twist: Twist, logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -95,7 +99,13 @@ class JointTSMC(Estimator[JointTSMCState]):
 
     def check_problem(self, problem: Problem) -> None:
         super().check_problem(problem)
-        Twist.of(problem, self.name)
+        twist = Twist.of(problem, self.name)
+        n = problem.distribution.length
+        if self.options.input_twist == "prefix" and n + twist.length > problem.model.n_ctx:
+            raise LowprobError(f"joint-tsmc with input_twist='prefix' walks the input through a decoding session, "
+                               f"which needs room for the continuation: {n} input tokens and {twist.length} "
+                               f"generated exceed the model's context of {problem.model.n_ctx}; use "
+                               "input_twist='final'")
 
     def init(self, problem: Problem, generator: torch.Generator) -> JointTSMCState:
         return JointTSMCState(Twist.of(problem, self.name), Layout.of(problem.distribution))
@@ -119,30 +129,34 @@ class JointTSMC(Estimator[JointTSMCState]):
         resampled during the input walk."""
         twist, layout = state.twist, state.layout
         n, m = layout.template.numel(), layout.steps
+        walk = self.options.input_twist == "prefix" and m > 0
         tokens = layout.fill(k)
-        start = layout.positions[0] + 1 if m else n  # the session opens once the first random token is drawn
-        if m:
-            tokens[:, layout.positions[0]] = self._draw(layout, 0, k, generator)
-        decoding = problem.model.decoding(tokens[:, :start], n - start + twist.length, walked=n - start)
-        logits = decoding.logits
+        for j in range(1 if walk else m):  # walking, the session opens once the first random token is drawn
+            tokens[:, layout.positions[j]] = self._draw(layout, j, k, generator)
+        start = layout.positions[0] + 1 if walk else n
+        decoding = None  # a one-token event on the whole input needs only the input's pass, as in output-tsmc
+        if walk or twist.length > 1:
+            decoding = problem.model.decoding(tokens[:, :start], n - start + twist.length, walked=n - start)
+        logits = problem.model.last_logits(tokens) if decoding is None else decoding.logits
         weights, eve = ParticleWeights.start(k), torch.arange(k)
         log_psi = torch.zeros(k, dtype=torch.float64)
         ends = [p - 1 for p in layout.positions[1:]] + [n - 1]  # ψ_j reads the logits just before x_{p_{j+1}}
         done = start - 1
-        for j in range(m):
-            if j:
+        for j in range(m) if walk else range(max(m - 1, 0), m):  # the steps whose twist is read
+            if walk and j:
                 tokens[:, layout.positions[j]] = self._draw(layout, j, k, generator)
-            while done < ends[j]:
+            while done < ends[j]:  # only when walking, so with a session
                 done += 1
+                assert decoding is not None
                 logits = decoding.push(tokens[:, done])
             last = j == m - 1
-            if last or self.options.input_twist == "prefix":
-                new = log_lookahead(twist, logits, twist.sampling if last else prefix_sampling(twist.sampling))
-                weights, log_psi = weights.reweight(new - log_psi), new
+            new = log_lookahead(twist, logits, twist.sampling if last else prefix_sampling(twist.sampling))
+            weights, log_psi = weights.reweight(new - log_psi), new
             weights, ancestors = weights.resample_if_needed(self.options.ess_threshold, "multinomial", generator)
             if ancestors is not None:
-                decoding.select(ancestors)
-                logits = decoding.logits
+                if decoding is not None:
+                    decoding.select(ancestors)
+                logits = logits[ancestors] if decoding is None else decoding.logits
                 tokens, log_psi, eve = tokens[ancestors], log_psi[ancestors], eve[ancestors]
         input_resamples = weights.resamples
         weights, eve = twisted_continuation(twist, logits, decoding, weights, eve, log_psi,

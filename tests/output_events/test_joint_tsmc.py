@@ -52,14 +52,15 @@ def test_one_particle_is_exactly_unbiased(event: str, input_twist: str) -> None:
     _exact(toy_output_problem(event), 1, input_twist=input_twist)
 
 
-def test_two_particles_resampled_in_the_input_walk_are_exactly_unbiased() -> None:
+@pytest.mark.parametrize("input_twist", ["prefix", "final"])
+def test_two_resampled_particles_are_exactly_unbiased(input_twist: str) -> None:
     """Two random positions over two tokens with a constant between them, two particles resampled at every step
-    (each input step and the continuation): the walk pushes the constant, re-indexes the session, the tokens and
-    the twists. A lookup-table model: its recomputed prefixes keep the 1024 enumerated paths fast."""
+    (each twisted input step and the continuation): the walk pushes the constant, re-indexes the session, the
+    tokens and the twists. A lookup-table model: its recomputed prefixes keep the enumerated paths fast."""
     toy = _toy('tokens w = {"a": 1, "b": 2}\ndist main = w "d" w', 'sample(1, top_k=2) contains {"c"}',
                lookup_model(positions=8, d_vocab=4, seed=1))
     assert 0 < toy.exact < 1
-    _exact(toy, 2, ess_threshold=1.0, input_twist="prefix")
+    _exact(toy, 2, ess_threshold=1.0, input_twist=input_twist)
 
 
 def test_a_constant_input_is_output_tsmc() -> None:
