@@ -104,7 +104,7 @@ class HazardHead(torch.nn.Module):
     def describe(self) -> dict[str, Any]:
         return {"twist": f"ctl hazard head on {HOOK}", "head_parameters": sum(p.numel() for p in self.parameters()),
                 "mean_abs_shift_constant": float(self.constant.detach().abs().mean()) if self.constant.numel()
-                else 0.0}
+                else 0.0, "head_weight_norm": float(self.out.detach().norm())}
 
 
 def _log_normaliser(head: HazardHead, step: int, facts: StepFacts) -> torch.Tensor:
