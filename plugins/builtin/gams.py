@@ -140,6 +140,7 @@ class GAMS(ScoredEstimator):
     capabilities = Capabilities(unbiased=True, has_error_bars=True, needs_factorized=True)
     options: GAMSOptions
     initial_draws: ClassVar[str] = "initial draws from D"
+    run_calls_per_replica: ClassVar[int] = RUN_CALLS_PER_REPLICA
     """What a run's first population is, for the reason of a zero estimate's bound."""
 
     def check_problem(self, problem: Problem) -> None:
@@ -148,13 +149,13 @@ class GAMS(ScoredEstimator):
             raise LowprobError(f"gams: kill={self.options.kill} must be less than replicas={self.options.replicas}")
 
     def planned_runs(self, calls: float) -> int:
-        """``runs``, or as many runs as ``calls`` plan for (:data:`RUN_CALLS_PER_REPLICA`): fixed before any draw,
+        """``runs``, or as many runs as ``calls`` plan for (``run_calls_per_replica``): fixed before any draw,
         so the mean over runs stays unbiased."""
         if self.options.runs is not None:
             return self.options.runs
         if math.isinf(calls):
             return UNLIMITED_RUNS
-        return max(2, int(calls // (RUN_CALLS_PER_REPLICA * self.options.replicas)))
+        return max(2, int(calls // (self.run_calls_per_replica * self.options.replicas)))
 
     def min_step_calls(self, backward_weight: float) -> float:
         """The N initial inputs of every run (two runs when they are planned from the budget)."""
