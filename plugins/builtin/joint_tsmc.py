@@ -130,9 +130,11 @@ class JointTSMC(Estimator[JointTSMCState]):
         twist, layout = state.twist, state.layout
         n, m = layout.template.numel(), layout.steps
         walk = self.options.input_twist == "prefix" and m > 0
-        tokens = layout.fill(k)
-        for j in range(1 if walk else m):  # walking, the session opens once the first random token is drawn
-            tokens[:, layout.positions[j]] = self._draw(layout, j, k, generator)
+        if walk:  # the session opens once the first random token is drawn
+            tokens = layout.fill(k)
+            tokens[:, layout.positions[0]] = self._draw(layout, 0, k, generator)
+        else:  # the whole input from D, as output-tsmc draws it (the same seed gives the same inputs)
+            tokens = problem.distribution.sample(k, generator)
         start = layout.positions[0] + 1 if walk else n
         decoding = None  # a one-token event on the whole input needs only the input's pass, as in output-tsmc
         if walk or twist.length > 1:
