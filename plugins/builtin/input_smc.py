@@ -183,6 +183,25 @@ def _sweep(model: MeteredModel, layout: Layout, twist: Twist, target: Target, n:
             for w, rows in zip(done, runs, strict=True)]
 
 
+def proposal_log_weights(layout: Layout, twist: Twist, tokens: torch.Tensor) -> torch.Tensor:
+    """``log D(x)/q(x)`` ``[k]`` of each sequence under the twist-induced sequential proposal
+    ``q(x) = Π_j q_j(x_{p_j} | x_{<p_j})`` (a feature-free twist): the weight a hitting input gets relative to a
+    naive draw's 1 in a run without resampling. Over exact hitting inputs (draws of D·1[hit]/Z) its mean is
+    ``E_σ[D/q]``, the per-particle variance relative to naive Monte Carlo's; its large values are the hits the
+    twist undersamples, which carry the estimate's skew."""
+    if twist.hook is not None:
+        raise LowprobError("proposal_log_weights needs a twist that reads no features")
+    choices = layout.choices(tokens)
+    state = twist.start(tokens.shape[0])
+    out = torch.zeros(tokens.shape[0], dtype=torch.float64)
+    for j, log_d in enumerate(layout.log_d):
+        table, state = twist.log_table(j, state, None)
+        log_q = torch.log_softmax(log_d[None, :] + table, dim=1)
+        out += log_d[choices[:, j]] - log_q.gather(1, choices[:, j:j + 1])[:, 0]
+        state = twist.advance(j, state, choices[:, j])
+    return out
+
+
 def tempered_potential(target: Target, temperature: float) -> FinalPotential:
     """``log Φ(margin/τ)``: a dense surrogate of the indicator (τ → 0 recovers it) for training twists."""
     return lambda logits: torch.special.log_ndtr(margin(logits, target) / temperature)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from scipy import optimize
 
 from lowprob.core.errors import LowprobError
@@ -48,55 +48,90 @@ class ITGISOptions(EstimatorOptions):
                                              "variance) or the paper's fixed 1/τ_m (temperature)")
     defensive: float = Field(default=0.1, ge=0, lt=1, description="α: share of D in the proposal mixture; every "
                                                                   "weight is at most 1/α (0: the paper's pure tilt)")
+    temperature_share: float = Field(default=0.45, ge=0, lt=1,
+                                     description="c: share of the paper's 1/τ_m tilt kept in the mixture once the "
+                                                 "strength is fitted, so the fitted tilt cannot starve what the "
+                                                 "paper's tilt reaches (0: none; unused with tilt=temperature)")
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> ITGISOptions:
+        if self.defensive + self.temperature_share >= 1:
+            raise ValueError(f"defensive + temperature_share must be below 1 (the fitted tilt's share), got "
+                             f"{self.defensive} + {self.temperature_share}")
+        return self
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """One batch's proposal ``α·D + (1 − α)·q_λ``: ``log D`` and the tilted ``log q_λ`` ``[positions, vocab]``
-    (α is dropped when λ = 0: q_λ is then D itself)."""
+    """One batch's proposal ``α·D + Σ_k c_k·q_k + (1 − α − Σ_k c_k)·q_λ``: ``log D``, the tilted ``log q_λ``
+    ``[positions, vocab]`` and optional companion product proposals ``(c_k, log q_k)`` (α and the companions are
+    dropped when λ = 0: q_λ is then D itself)."""
 
     log_d: torch.Tensor
     log_q: torch.Tensor
     defensive: float
     strength: float
+    companions: tuple[tuple[float, torch.Tensor], ...] = ()
 
     @staticmethod
-    def tilt(log_d: torch.Tensor, scores: torch.Tensor, strength: float, defensive: float) -> Proposal:
-        if strength == 0:
+    def tilt(log_d: torch.Tensor, scores: torch.Tensor, strength: float, defensive: float,
+             companions: tuple[tuple[float, float], ...] = ()) -> Proposal:
+        """``q_λ`` tilted by ``strength`` along ``scores``; ``companions`` ``(c_k, λ_k)`` add tilts of strength
+        λ_k along the same scores with mixture share c_k."""
+        if strength == 0 and all(s == 0 for _, s in companions):
             return Proposal(log_d, log_d, 0.0, 0.0)
-        return Proposal(log_d, torch.log_softmax(log_d + strength * scores.to(torch.float64), dim=-1), defensive,
-                        strength)
+        return Proposal(log_d, _tilted(log_d, scores, strength), defensive, strength,
+                        tuple((share, _tilted(log_d, scores, s)) for share, s in companions if share > 0))
+
+    @property
+    def _shares(self) -> list[float]:
+        """Mixture shares of D, q_λ and each companion."""
+        extra = [share for share, _ in self.companions]
+        return [self.defensive, 1 - self.defensive - math.fsum(extra), *extra]
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` sequences ``[n, positions]`` (those drawn from D first) and their exact log weights."""
-        from_d = 0
-        if self.defensive > 0:
-            component = categorical(torch.tensor([self.defensive, 1 - self.defensive], dtype=torch.float64), n,
-                                    generator)
-            from_d = int((component == 0).sum())
-        parts = [sample_rows(table, count, generator) for table, count in ((self.log_d, from_d),
-                                                                           (self.log_q, n - from_d)) if count]
-        tokens = torch.cat(parts)
+        """``n`` sequences ``[n, positions]`` (grouped by mixture component, D first) and their exact log weights."""
+        tables = [self.log_d, self.log_q, *(table for _, table in self.companions)]
+        counts = [0] * len(tables)
+        counts[1] = n
+        if self.defensive > 0 or self.companions:
+            component = categorical(torch.tensor(self._shares, dtype=torch.float64), n, generator)
+            counts = [int((component == k).sum()) for k in range(len(tables))]
+        tokens = torch.cat([sample_rows(table, count, generator) for table, count in zip(tables, counts, strict=True)
+                            if count])
         return tokens, self.log_weight(tokens)
 
     def log_weight(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``log D(x) − log q(x) = −log(α + (1 − α)·q_λ(x)/D(x))``; constant positions contribute exactly 0."""
-        log_tilt = (gather_rows(self.log_q, tokens) - gather_rows(self.log_d, tokens)).sum(dim=1)
-        return -self._log_mixture(log_tilt)
+        """``log D(x) − log q(x) = −log(α + Σ_k c_k·q_k(x)/D(x))``; constant positions contribute exactly 0."""
+        ratios = [(gather_rows(table, tokens) - gather_rows(self.log_d, tokens)).sum(dim=1)
+                  for table in (self.log_q, *(t for _, t in self.companions))]
+        return -self._log_mixture(ratios)
 
     @property
     def log_max_weight(self) -> float:
-        """log of the largest possible weight ``max_x D(x)/q(x)`` (over the support; at most log 1/α)."""
-        ratio = torch.where(torch.isfinite(self.log_d), self.log_q - self.log_d, math.inf)
-        return float(-self._log_mixture(ratio.min(dim=1).values.sum()))
+        """log of an upper bound on the largest possible weight ``max_x D(x)/q(x)`` over the support (exact with
+        one tilted component; at most log 1/α): each tilted component at its own smallest ratio q_k/D."""
+        ratios = []
+        for table in (self.log_q, *(t for _, t in self.companions)):
+            ratio = torch.where(torch.isfinite(self.log_d), table - self.log_d, math.inf)
+            ratios.append(ratio.min(dim=1).values.sum())
+        return float(-self._log_mixture(ratios))
 
-    def _log_mixture(self, log_tilt: torch.Tensor) -> torch.Tensor:
-        """``log(α + (1 − α)·exp(log_tilt))``, exact in log space (``log_tilt`` when α = 0)."""
-        if self.defensive == 0:
-            return log_tilt
-        log_tilt = torch.as_tensor(log_tilt, dtype=torch.float64)
-        return torch.logaddexp(torch.full_like(log_tilt, math.log(self.defensive)),
-                               log_tilt + math.log1p(-self.defensive))
+    def _log_mixture(self, log_ratios: list[torch.Tensor]) -> torch.Tensor:
+        """``log(α + Σ_k c_k·exp(log_ratio_k))`` over D and the tilted components, exact in log space (the pure
+        tilt's ``log_ratio`` when α = 0 and there is no companion)."""
+        if self.defensive == 0 and not self.companions:
+            return log_ratios[0]
+        terms = [torch.as_tensor(r, dtype=torch.float64) + math.log(share)
+                 for r, share in zip(log_ratios, self._shares[1:], strict=True) if share > 0]
+        if self.defensive > 0:
+            terms.append(torch.full_like(terms[0], math.log(self.defensive)))
+        return torch.logsumexp(torch.stack(terms), dim=0)
+
+
+def _tilted(log_d: torch.Tensor, scores: torch.Tensor, strength: float) -> torch.Tensor:
+    """``log q_λ,i(v) = log D_i(v) + λ·S[i, v] − log Σ_v D_i(v)·e^{λ·S[i, v]}``."""
+    return torch.log_softmax(log_d + strength * scores.to(torch.float64), dim=-1)
 
 
 def fitted_strength(log_d: torch.Tensor, scores: torch.Tensor, hit_tokens: torch.Tensor, hit_log_w: torch.Tensor,
@@ -182,11 +217,22 @@ class ITGIS(Estimator[ITGISState]):
                           hit_tokens=torch.zeros((0, log_d.shape[0]), dtype=torch.int64),
                           hit_log_w=torch.zeros(0, dtype=torch.float64))
 
-    def strength(self, state: ITGISState) -> float:
-        """λ for the next batch: the cross-entropy fit once there are hits (``tilt="cross-entropy"``), else the
-        paper's 1/τ_m with τ_m = T·(1 − β^m)/(1 − β), so λ·S is the mean score over T (S = 0 at batch 0)."""
-        if self.options.tilt != "temperature" and state.hit_tokens.shape[0]:
-            return fitted_strength(state.log_d, state.scores, state.hit_tokens, state.hit_log_w, self.options.tilt)
+    def fitted(self, state: ITGISState) -> bool:
+        """Whether the next batch's strength is fitted to hits (a fitting ``tilt`` and at least one hit)."""
+        return self.options.tilt != "temperature" and bool(state.hit_tokens.shape[0])
+
+    def proposal(self, state: ITGISState) -> Proposal:
+        """The next batch's proposal: the fitted tilt mixed with D and with the paper's tilt (share
+        ``temperature_share``) once hits exist, else the paper's tilt mixed with D."""
+        paper = self.paper_strength(state)
+        if not self.fitted(state):
+            return Proposal.tilt(state.log_d, state.scores, paper, self.options.defensive)
+        strength = fitted_strength(state.log_d, state.scores, state.hit_tokens, state.hit_log_w, self.options.tilt)
+        return Proposal.tilt(state.log_d, state.scores, strength, self.options.defensive,
+                             ((self.options.temperature_share, paper),))
+
+    def paper_strength(self, state: ITGISState) -> float:
+        """The paper's 1/τ_m with τ_m = T·(1 − β^m)/(1 − β), so λ·S is the mean score over T (0 at batch 0)."""
         if state.batches == 0:
             return 0.0
         beta = self.options.decay
@@ -198,7 +244,7 @@ class ITGIS(Estimator[ITGISState]):
         n = context.affordable(per_sample, self.options.batch_size)
         if n == 0:
             return state, StepInfo(samples=state.samples, done=True)
-        proposal = Proposal.tilt(state.log_d, state.scores, self.strength(state), self.options.defensive)
+        proposal = self.proposal(state)
         tokens, log_w = proposal.sample(n, generator)
         logits, mean_grads = problem.model.mean_target_gradients(tokens, problem.target)
         hit = problem.target.hits(logits).cpu()

@@ -64,7 +64,9 @@ class TSMCOptions(EstimatorOptions):
                                                "is proven for multinomial only)")
     ess_threshold: float = Field(default=0.5, ge=0, le=1,
                                  description="resample when ESS < this × particles (0: never, 1: every step)")
-    temperature: float = Field(default=1.0, gt=0, description="T: the twist is Φ(predicted margin / (T·σ_j))")
+    temperature: float = Field(default=2.0, gt=0,
+                               description="T: the twist is Φ(predicted margin / (T·σ_j)); 2 keeps the weights of "
+                                           "hits the linear margin model does not foresee near a naive draw's")
     defensive: float = Field(default=0.1, ge=0, lt=1,
                              description="δ: the twist is floored at δ × its prior hit chance, so a hit's weight "
                                          "stays below about 1/δ")
@@ -82,6 +84,8 @@ class TSMCCTLOptions(TSMCOptions):
     """Options of twisted SMC with twist heads learned by contrastive twist learning."""
 
     particles: int = Field(default=64, ge=1, description="particles per SMC replicate")
+    temperature: float = Field(default=1.0, gt=0,
+                               description="T of the base gradient twist Φ(predicted margin / (T·σ_j))")
     pilot: int = Field(default=128, ge=0, description="draws from D with token gradients that fit the base twist")
     training_share: float = Field(default=0.5, gt=0, lt=1,
                                   description="largest share of a call budget spent building the twist")

@@ -130,6 +130,62 @@ def test_log_weight_matches_independent_computation(toy: ToyProblem, defensive: 
         assert proposal.log_max_weight <= -math.log(defensive)
 
 
+def test_the_paper_tilt_companion_bounds_the_fitted_tilt(toy: ToyProblem) -> None:
+    """Issue 13's cause on trained models: the fitted tilt concentrates on the hits seen so far and starves the
+    rest of the event. With the paper's tilt q_T kept at share c, log w = log D − log(α·D + c·q_T + (1 − α − c)·q_λ)
+    (independent computation), every weight is at most (D/q_T)/c and 1/α over every sequence, and the largest
+    weight's bound is not below the enumerated maximum."""
+    gen = torch.Generator().manual_seed(1)
+    log_d = toy.distribution.dense_log_probs()
+    scores = torch.randn(log_d.shape, generator=gen, dtype=torch.float64) * 3
+    alpha, share, fitted, paper = 0.1, 0.45, 2.5, 0.2
+    proposal = Proposal.tilt(log_d, scores, fitted, alpha, ((share, paper),))
+    tokens, log_w = proposal.sample(2000, gen)
+    every = torch.cartesian_prod(*(cat.ids for cat in toy.distribution.positions)).reshape(-1, log_d.shape[0])
+
+    def log_q(seqs: torch.Tensor, strength: float) -> torch.Tensor:
+        out = torch.zeros(seqs.shape[0], dtype=torch.float64)
+        for i, cat in enumerate(toy.distribution.positions):
+            weights = cat.probs * torch.exp(strength * scores[i, cat.ids])
+            q_i = dict(zip(cat.ids.tolist(), (weights / weights.sum()).tolist(), strict=True))
+            out += torch.tensor([q_i[v] for v in seqs[:, i].tolist()], dtype=torch.float64).log()
+        return out
+
+    def log_weight(seqs: torch.Tensor) -> torch.Tensor:
+        d = toy.distribution.log_prob(seqs).exp()
+        mix = alpha * d + share * log_q(seqs, paper).exp() + (1 - alpha - share) * log_q(seqs, fitted).exp()
+        return (d / mix).log()
+
+    assert torch.allclose(log_w, log_weight(tokens), atol=1e-10)
+    exact = log_weight(every)
+    bound_by_paper = toy.distribution.log_prob(every) - log_q(every, paper) - math.log(share)
+    assert bool((exact <= bound_by_paper + 1e-12).all()) and float(exact.max()) <= -math.log(alpha)
+    assert float(exact.max()) <= proposal.log_max_weight + 1e-12 <= -math.log(alpha) + 1e-12
+    without = Proposal.tilt(log_d, scores, fitted, alpha).log_weight(every)
+    d = toy.distribution.log_prob(every).exp()
+    starved = {name: float((d * (w > math.log(5))).sum()) for name, w in (("with", exact), ("without", without))}
+    assert starved["with"] < 0.5 * starved["without"], starved  # D-mass that gets weights above 5
+
+
+def test_the_companion_joins_once_the_strength_is_fitted(toy: ToyProblem) -> None:
+    """Before any hit the proposal is α·D + (1 − α)·q_T; once hits fit λ, q_T keeps share ``temperature_share``
+    at the paper's strength (none with ``temperature_share = 0`` or ``tilt = temperature``)."""
+    log_d = toy.distribution.dense_log_probs()
+    scores = torch.randn(log_d.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    hits = torch.cartesian_prod(*(cat.ids for cat in toy.distribution.positions))[:3].reshape(3, -1)
+    cold = ITGISState(log_d=log_d, scores=scores, hit_tokens=hits[:0], hit_log_w=torch.zeros(0, dtype=torch.float64),
+                      batches=3)
+    warm = replace(cold, hit_tokens=hits, hit_log_w=torch.zeros(3, dtype=torch.float64))
+    itgis = ITGIS({"temperature": 0.5})
+    assert itgis.proposal(cold).companions == () and itgis.proposal(cold).strength == itgis.paper_strength(cold)
+    proposal = itgis.proposal(warm)
+    assert [c for c, _ in proposal.companions] == [0.45]
+    paper = Proposal.tilt(log_d, scores, itgis.paper_strength(warm), 0.1)
+    assert torch.allclose(proposal.companions[0][1], paper.log_q)
+    for options in ({"temperature_share": 0.0}, {"tilt": "temperature"}):
+        assert ITGIS(options).proposal(warm).companions == ()
+
+
 def test_spends_the_budget_exactly(toy: ToyProblem) -> None:
     for budget, samples in ((Budget(model_calls=1000), 333), (Budget(model_calls=500, backward_weight=0.0), 500)):
         estimate = run_estimator(ITGIS({"batch_size": 64}), toy.problem(), budget, 0, progress=False)
@@ -160,8 +216,8 @@ def test_a_certain_target_is_reported_as_at_most_one(toy: ToyProblem) -> None:
     interval to [0, 1]; the unclipped mean stays within 4 of its standard errors of 1 (it is unbiased)."""
     everything = ArgmaxIn(frozenset(range(toy.model.d_vocab)), "every token")
     problem = Problem(MeteredModel(toy.model), toy.distribution, everything)
-    estimate = run_estimator(ITGIS({**SMALL, "temperature": 0.5}), problem, Budget(model_calls=600), 0,
-                             progress=False)
+    estimate = run_estimator(ITGIS({**SMALL, "temperature": 0.5, "temperature_share": 0.0}), problem,
+                             Budget(model_calls=600), 0, progress=False)
     raw = estimate.raw_value  # this seed's weighted mean is above 1
     assert estimate.value == 1.0 < raw and estimate.std_error is not None
     assert abs(raw - 1) <= 4 * estimate.std_error
@@ -294,7 +350,8 @@ def test_planted_threshold_at_1e_11_is_estimated_within_its_interval() -> None:
 
 
 @pytest.mark.parametrize("options", [{"temprature": 1.0}, {"temperature": 0.0}, {"decay": 1.0},
-                                     {"batch_size": 0}, {"defensive": 1.0}, {"tilt": "gradient"}])
+                                     {"batch_size": 0}, {"defensive": 1.0}, {"tilt": "gradient"},
+                                     {"defensive": 0.5, "temperature_share": 0.5}])
 def test_bad_options_are_rejected(options: dict[str, float]) -> None:
     with pytest.raises(LowprobError, match="invalid options for estimator 'itgis'"):
         ITGIS(options)
