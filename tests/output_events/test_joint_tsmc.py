@@ -90,3 +90,14 @@ def test_a_test_on_the_decoded_text_is_refused() -> None:
     toy = toy_output_problem('sample(2) contains "ab"')
     with pytest.raises(LowprobError, match="joint-tsmc twists events that contain a token set or equal a fixed"):
         run_estimator(JointTSMC(), toy.problem(), Budget(model_calls=10), 0, progress=False)
+
+
+def test_the_prefix_walk_is_refused_when_the_input_fills_the_context() -> None:
+    model = toy_model()
+    compiled = load_spec('tokens w = {"a": 1, "b": 2}\ndist main = w w w w w w w w\ntarget t = argmax == "a"',
+                         model.vocab, max_length=model.n_ctx)
+    problem = ToyProblem(model, compiled.distribution(), compiled.target("t"), 0.0).problem()
+    with pytest.raises(LowprobError, match="8 input tokens and 1 generated exceed the model's context of 8; use "
+                                           "input_twist='final'"):
+        run_estimator(JointTSMC({"input_twist": "prefix"}), problem, Budget(model_calls=10), 0, progress=False)
+    assert run_estimator(JointTSMC(), problem, Budget(model_calls=10), 0, progress=False).model_calls == 10
