@@ -75,6 +75,13 @@ class CoarseLookahead(LookaheadScore):
         return torch.round(super().complete(tokens, logits).exp() * 2) / 2
 
 
+class InfiniteScore(LookaheadScore):
+    """A broken score that calls every state a sure hit."""
+
+    def complete(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return torch.full((tokens.shape[0],), torch.inf, dtype=torch.float64)
+
+
 BRANCH_STATES: list[int] = []
 """The branch states of every renewal the bound estimators made (cleared by each test that reads it)."""
 
@@ -89,7 +96,8 @@ def bound(kill_ties: bool = True) -> type[OutputGAMS]:
         @staticmethod
         @hookimpl
         def register_scores(registrar: Registrar) -> None:
-            for name, score in (("first-token", FirstTokenScore), ("coarse", CoarseLookahead)):
+            for name, score in (("first-token", FirstTokenScore), ("coarse", CoarseLookahead),
+                                ("infinite", InfiniteScore)):
                 registrar.add_score(name, lambda problem, pilot, generator, score=score: score(
                     path_event(problem), problem.distribution.length), description="test")
 
@@ -184,10 +192,17 @@ def test_an_input_score_on_an_output_event_is_refused() -> None:
                       Budget(model_calls=1000), 0, progress=False)
 
 
-def test_lookahead_is_registered_and_refused_by_gams() -> None:
+def test_a_score_claiming_sure_hits_is_refused() -> None:
+    toy = toy_output_problem('sample(2) contains {"c"}')
+    with pytest.raises(LowprobError, match="the score 'infinite' returned NaN or \\+inf"):
+        run_estimator(bound()({"score": "infinite", "replicas": 4, "kill": 1, "runs": 2}), toy.problem(),
+                      Budget(model_calls=1000), 0, progress=False)
+
+
+def test_lookahead_is_registered_and_has_no_prefix_scores_for_gams() -> None:
     registry = load_registry(entry_points=False)
     assert "lookahead" in [entry.name for entry in registry.entries("scores")]
-    toy = toy_output_problem('sample(2) contains {"c"}')
+    toy = toy_problem(1, d_vocab=5, length=3, model=lookup_model(positions=3, d_vocab=5, seed=1))
     gams = registry.create_estimator("gams", {"score": "lookahead", "replicas": 4, "kill": 1, "runs": 2})
-    with pytest.raises(LowprobError, match="does not support output events"):
+    with pytest.raises(LowprobError, match="gams needs a score with prefix scores; 'lookahead' judges only whole"):
         run_estimator(gams, toy.problem(), Budget(model_calls=1000), 0, progress=False)
