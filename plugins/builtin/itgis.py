@@ -1,10 +1,12 @@
 """ITGIS: independent-token gradient importance sampling (Wu & Hilton 2025, §5.3), made robust at depth.
 
-Each batch draws from the defensive mixture ``q = α·D + (1 − α)·q_λ`` of D and the product proposal
-``q_λ,i(v) ∝ D_i(v) · exp(λ · S[i, v])``, where ``S`` is a decaying sum of earlier batches' mean token gradients of
-the target score. The tilt strength λ is the paper's ``1/τ_m`` until a hit is seen, then the cross-entropy choice
-along ``S`` fitted to the weighted hits so far (the gradient gives the direction, the hits its scale). Weighting
-every draw by ``D(x)/q(x)`` keeps each batch unbiased given the past, and the mixture bounds every weight by 1/α.
+Each batch draws from the defensive mixture ``q = α·D + c·q_T + (1 − α − c)·q_λ`` of D, the paper's tilt and
+the product proposal ``q_λ,i(v) ∝ D_i(v) · exp(λ · S[i, v])``, where ``S`` is a decaying sum of earlier batches'
+mean token gradients of the target score. The tilt strength λ is the paper's ``1/τ_m`` until a hit is seen, then
+the cross-entropy choice along ``S`` fitted to the weighted hits so far (the gradient gives the direction, the hits
+its scale), with the paper's tilt kept in the mixture (share ``temperature_share``) so the fit cannot starve what
+it reaches. Weighting every draw by ``D(x)/q(x)`` keeps each batch unbiased given the past, and the mixture bounds
+every weight by 1/α.
 """
 
 from __future__ import annotations
@@ -203,8 +205,11 @@ class ITGISState:
 
 
 class ITGIS(Estimator[ITGISState]):
-    """Adaptive defensive-mixture importance sampling from a product proposal tilted along running token-gradient
-    scores, with the tilt strength fitted to the hits (unbiased; every weight ≤ 1/α)."""
+    """Gradient-tilted adaptive importance sampling (unbiased); 95 % CI under-covers on trained models: 0.77, 0.67.
+
+    A defensive mixture of D, the paper's tilt and a product proposal tilted along running token-gradient scores
+    with the strength fitted to the hits (every weight ≤ 1/α). Coverage measured on lowprob-1l hex id 9 (23/30)
+    and camel #596 (ITGIS_CAMEL) at 16 384 calls (docs/estimators/itgis.md)."""
 
     name = "itgis"
     Options = ITGISOptions
