@@ -209,7 +209,7 @@ class ITGIS(Estimator[ITGISState]):
 
     A defensive mixture of D, the paper's tilt and a product proposal tilted along running token-gradient scores
     with the strength fitted to the hits (every weight ≤ 1/α). Coverage measured on lowprob-1l hex id 9 (23/30)
-    and camel #596 (ITGIS_CAMEL) at 16 384 calls (docs/estimators/itgis.md)."""
+    and camel #596 (20/30) at 16 384 calls (docs/estimators/itgis.md)."""
 
     name = "itgis"
     Options = ITGISOptions
