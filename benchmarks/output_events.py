@@ -9,6 +9,7 @@ refusals; with ``--output``, every run is one JSON line, and runs already in tha
 
     python benchmarks/output_events.py --output /tmp/rows.jsonl      # the four events, 10 seeds, 2048 calls
     python benchmarks/output_events.py --seeds 3 --budget 1024 --estimators naive output-tsmc
+    python benchmarks/output_events.py --output /tmp/rows.jsonl --report-only     # the table of what is there
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, nargs="+", help="run only these events (0-based indices into EVENTS)")
     parser.add_argument("--estimators", nargs="+",
                         help="these estimators (default: every registered one with output events)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: summarise the runs already in --output (those of seeds 1..N)")
     args = parser.parse_args()
     registry = load_registry()
     source = resolve_spec(args.distribution, registry)
@@ -132,7 +135,7 @@ def main() -> None:
             runs = []
             for seed in range(1, args.seeds + 1):
                 key = (event.target, name, seed)
-                if key not in done:
+                if key not in done and not args.report_only:
                     started = time.perf_counter()
                     est = run_problem(registry, problem, name, None, Budget(model_calls=args.budget), seed,
                                       progress=False)
@@ -141,8 +144,10 @@ def main() -> None:
                                     est.positions, est.generated_tokens, round(time.perf_counter() - started, 3))
                     if args.output:
                         done[key].write(args.output)
-                runs.append(done[key])
-            print(_row(event, name, gt.probability, gt.samples, runs), flush=True)
+                if key in done:
+                    runs.append(done[key])
+            if runs:
+                print(_row(event, name, gt.probability, gt.samples, runs), flush=True)
     print("\nGround truth (hits / inputs, Clopper-Pearson 95 %):")
     for line in truths:
         print(f"- {line}")
