@@ -21,6 +21,7 @@ EVENTS = [
     'sample(3, temperature=0.7, top_k=2) contains {"a", "d"}',
     'sample(3) == "dca"',
     'greedy(2) contains {"b"}',
+    'greedy(2) == "aa"',
     'sample(2, top_k=1) contains {"c"}',
 ]
 
