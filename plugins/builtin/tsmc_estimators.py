@@ -49,7 +49,7 @@ BATCH_PARTICLES = 4096
 
 UNVERIFIED_HITS = 10.0
 """Below this many naive-equivalent hits (particles × p̂) a non-zero estimate warns that its interval is
-unverified: on lowprob-1l / hex at 1 000-4 000 calls (0.3-3 such hits) it covered 0.10-0.70 at T = 1, and 0.82 on
+unverified: on lowprob-1l / hex at 1 000-4 000 calls (0.3-3 such hits) it covered 0.10-0.70 at T = 1, and 0.83 on
 hex id 9 at 4 096 calls at the default T = 2."""
 
 NAIVE_BATCH = 512
@@ -183,9 +183,9 @@ def plan_replicates(calls: float, cost: Callable[[int], float], particles: int) 
 
 
 class TwistedSMC(Estimator[TSMCState]):
-    """Twisted SMC with the training-free gradient twist (unbiased); 95 % CI under-covers: 0.82 on lowprob-1l hex id 9.
+    """Twisted SMC, training-free gradient twist (unbiased); 95 % CI outside 90-98 %: 0.83 hex id 9, 1.00 camel #596.
 
-    Measured at 4 096 calls with the default T = 2 (T = 1: 0.38): 23/28 on hex id 9, 12/12 on camel #596
+    Measured at 4 096 calls with the default T = 2 (T = 1: 0.40): 25/30 on hex id 9, 30/30 on camel #596
     (docs/estimators/tsmc.md)."""
 
     name = "tsmc"
@@ -329,7 +329,7 @@ class TwistedSMC(Estimator[TSMCState]):
             return []
         return [f"the interval assumes the twist found every region of hits, which {particles} particles at "
                 f"p ≈ {value:.1e} cannot check (naive sampling would expect {particles * value:.2g} hits); measured "
-                "95 % coverage in this regime on trained-model targets: 0.82 (tsmc, hex id 9, 4096 calls, T = 2; "
+                "95 % coverage in this regime on trained-model targets: 0.83 (tsmc, hex id 9, 4096 calls, T = 2; "
                 "0.10-0.70 at T = 1) (docs/estimators/tsmc.md)"]
 
     def bounds(self, problem: Problem, positives: torch.Tensor, *, runs: int = 16, particles: int | None = None,
