@@ -715,37 +715,63 @@ def _show_ground_truth(gt: Any, path: Path, top: int = 0, vocab: Vocabulary | No
 @main.command()
 @click.argument("model")
 @click.argument("distribution")
-@click.option("--estimator", default="tsmc", show_default=True, help="tsmc or tsmc-ctl (its default twist).")
+@click.option("--estimator", default="tsmc", show_default=True,
+              help="tsmc or tsmc-ctl (its default twist); output-tsmc or output-tsmc-ctl for output events.")
+@click.option("--ground-truth", "gt_file", type=FilePath(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="A ground-truth file instead of the shipped one; an output-event file needs --target.")
+@click.option("--target", default=None,
+              help="With an output-event --ground-truth: the event it counted (a target name of DISTRIBUTION's "
+                   "spec or an expression); its reservoir's hits are the positives.")
 @click.option("--tokens", "n_tokens", type=click.IntRange(1), default=4, show_default=True,
               help="The rarest tokens with at least --min-hits ground-truth hits and stored hitting inputs.")
 @click.option("--min-hits", type=click.IntRange(1), default=12, show_default=True)
 @click.option("--runs", type=click.IntRange(1), default=8, show_default=True,
               help="Forward SMC runs for the lower bound.")
 @click.option("--particles", type=click.IntRange(1), default=None, help="Particles per run (default: the estimator's).")
+@click.option("--rejection-draws", type=click.IntRange(1, 1 << 20), default=4096, show_default=True,
+              help="Generations searched for positives when an output ground truth's reservoir is empty.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-def brackets(model: str, distribution: str, estimator: str, n_tokens: int, min_hits: int, runs: int,
-             particles: int | None, seed: int) -> None:
-    """Twisted-SMC log-Z brackets [lower, upper] on targets of a shipped ground truth, with the KL gaps.
+def brackets(model: str, distribution: str, estimator: str, gt_file: Path | None, target: str | None, n_tokens: int,
+             min_hits: int, runs: int, particles: int | None, rejection_draws: int, seed: int) -> None:
+    """Twisted-SMC log-Z brackets [lower, upper] on targets of a ground truth, with the KL gaps.
+
+    DISTRIBUTION names a shipped ground truth of MODEL, or with an output-event --ground-truth the spec (a
+    registered distribution, spec file or DSL text) whose distribution it counted.
 
     \b
     Example:
       lowprob brackets lowprob-1l hex --tokens 3 --runs 8
+      lowprob brackets lowprob-1l english --ground-truth gt/of-the.json --target 'sample(2) == " of the"' \\
+        --estimator output-tsmc --particles 64
     """
-    from lowprob.brackets import bracket_targets
+    from lowprob.brackets import bracket_output_event, bracket_targets
     from lowprob.ground_truth import load_shipped
+    from lowprob.output_ground_truth import OutputGroundTruth, load_any
 
-    gt = load_shipped(model, distribution)
-    candidates = sorted((t for t in range(gt.d_vocab) if gt.hits(t) >= min_hits and gt.hitting_inputs(t)),
-                        key=gt.hits)[:n_tokens]
-    if not candidates:
-        raise LowprobError(f"no token of {model}/{distribution} has {min_hits} ground-truth hits and stored "
-                           "hitting inputs")
-    rows = bracket_targets(_registry(), gt, estimator, candidates, runs=runs, particles=particles, seed=seed)
+    gt = load_shipped(model, distribution) if gt_file is None else load_any(gt_file)
+    if gt.model != model:
+        raise LowprobError(f"{gt_file}: a ground truth of model {gt.model!r}, not {model!r}")
+    if isinstance(gt, OutputGroundTruth):
+        if target is None:
+            raise LowprobError(f"{gt_file}: counts the output event {gt.target}; name it with --target")
+        rows = [bracket_output_event(_registry(), gt, distribution, target, estimator, runs=runs,
+                                     particles=particles, seed=seed, rejection_draws=rejection_draws)]
+    else:
+        if target is not None:
+            raise LowprobError(f"--target {target!r} needs an output-event --ground-truth file; "
+                               f"{gt_file or 'the shipped ground truth'} counts argmax tokens")
+        candidates = sorted((t for t in range(gt.d_vocab) if gt.hits(t) >= min_hits and gt.hitting_inputs(t)),
+                            key=gt.hits)[:n_tokens]
+        if not candidates:
+            raise LowprobError(f"no token of {model}/{gt.distribution} has {min_hits} ground-truth hits and stored "
+                               "hitting inputs")
+        rows = bracket_targets(_registry(), gt, estimator, candidates, runs=runs, particles=particles, seed=seed)
     click.echo(markdown_table(
-        ["token", "p (ground truth)", "log p", "lower (forward SMC)", "forward runs with no hit",
-         "upper (conditional SMC)", "log p − lower", "upper − log p"],
-        [[repr(r.token_text), f"{r.p_true:.3g}", f"{r.log_p_true:.2f}", f"{r.lower:.2f}", f"{r.zero_runs}/{r.runs}",
-          f"{r.upper:.2f}", f"{r.kl_forward:.2f}", f"{r.kl_reverse:.2f}"] for r in rows]))
+        ["target", "p (ground truth)", "log p", "lower (forward SMC)", "forward runs with no hit",
+         "upper (conditional SMC)", "positives", "log p − lower", "upper − log p"],
+        [[r.target, f"{r.p_true:.3g}", f"{r.log_p_true:.2f}", f"{r.lower:.2f}", f"{r.zero_runs}/{r.runs}",
+          f"{r.upper:.2f}", f"{r.positives} ({r.source})", f"{r.kl_forward:.2f}", f"{r.kl_reverse:.2f}"]
+         for r in rows]))
 
 
 @main.command(name="freq-table")

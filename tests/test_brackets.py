@@ -29,12 +29,12 @@ def test_brackets_bound_the_ground_truth_log_probability(tmp_path: Path) -> None
     tokens = sorted((t for t in gt.reservoir if gt.counts[t] >= 40), key=lambda t: gt.counts[t])[:2]
     assert tokens, "the toy needs a token with hits"
     rows = bracket_targets(registry, gt, "tsmc", tokens, runs=6, particles=32)
-    for row in rows:
-        assert row.log_p_true == pytest.approx(math.log(gt.probability(row.token)))
+    for token, row in zip(tokens, rows, strict=True):
+        assert row.log_p_true == pytest.approx(math.log(gt.probability(token)))
         # stochastic bounds: means over runs, checked with a margin for the ground truth's own error (≤ 16 %)
         assert row.lower <= row.log_p_true + 0.3
         assert row.upper >= row.log_p_true - 0.3
-        assert row.positives == len(gt.hitting_inputs(row.token)) and 0 <= row.zero_runs <= row.runs == 6
+        assert row.positives == len(gt.hitting_inputs(token)) and 0 <= row.zero_runs <= row.runs == 6
     with pytest.raises(LowprobError, match=r"bidirectional bounds \(.*tsmc, tsmc-ctl\), not 'naive'"):
         bracket_targets(registry, gt, "naive", tokens)
     with pytest.raises(LowprobError, match="no hitting inputs"):
