@@ -68,5 +68,9 @@ def test_brackets_command_on_an_output_ground_truth(tmp_path: Path) -> None:
     for extra, message in cases:
         bad = cli.invoke(main, [*base, *extra])
         assert bad.exit_code != 0 and message in bad.output, bad.output
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    other = cli.invoke(main, ["brackets", "random-1l", DEMO, "--ground-truth", str(tmp_path / "other.json"),
+                              "--target", EVENT, "--estimator", "output-tsmc"])
+    assert other.exit_code != 0 and "not a lowprob ground-truth file" in other.output
     argmax = cli.invoke(main, ["brackets", "lowprob-1l", "hex", "--target", EVENT])
     assert argmax.exit_code != 0 and "needs an output-event --ground-truth file" in argmax.output
