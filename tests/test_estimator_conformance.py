@@ -50,6 +50,16 @@ ITGIS's interval under-covers at a few hundred samples (documented in docs/estim
 tsmc-ctl's Student-t interval over replicates at 900 calls (docs/estimators/tsmc.md)."""
 
 
+SLOW_STATISTICAL = {"ams", "subset-simulation"}
+"""Estimators whose statistical checks take 15-50 s each (twelve consistency runs up to 20 000 calls of a ladder):
+marked slow, run by ``make test-slow``; tests/estimators/test_splitting.py keeps their fast exact checks."""
+
+
+def statistical_params() -> list[Any]:
+    """Every built-in, the slow ones marked ``slow`` so the default suite stays under its time limit."""
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_STATISTICAL else name for name in BUILTINS]
+
+
 @pytest.fixture(scope="module", params=["lookup", "transformer"])
 def toy(request: pytest.FixtureRequest) -> ToyProblem:
     if request.param == "lookup":
@@ -77,7 +87,7 @@ def lookup_toy() -> ToyProblem:
 
 
 @pytest.mark.statistical
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", statistical_params())
 def test_keeps_its_statistical_promise(name: str, lookup_toy: ToyProblem) -> None:
     """On the lookup-table toy (fast; the estimators' own test files also cover tiny transformers)."""
     toy = lookup_toy
@@ -94,7 +104,7 @@ def test_keeps_its_statistical_promise(name: str, lookup_toy: ToyProblem) -> Non
 
 
 @pytest.mark.statistical
-@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("name", statistical_params())
 def test_intervals_cover_at_their_level(name: str, lookup_toy: ToyProblem) -> None:
     """95 % intervals cover the exact value in at least 181 of 200 seeded runs (95 % − 3 binomial s.d.)."""
     cls = REGISTRY.estimator(name)
