@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 import torch
@@ -29,6 +29,7 @@ from lowprob.references import (
     ReferenceProblem,
     ReferenceRules,
     ReferenceRunner,
+    Status,
     load_references,
     merge_files,
 )
@@ -178,14 +179,19 @@ def reference_run(model: str, distribution: str, tokens: tuple[str, ...], target
 @reference.command(name="show")
 @click.argument("files", nargs=-1, required=True, type=FilePath(path_type=Path, exists=True, dir_okay=False))
 @click.option("--sigmas", type=Number(0, open_min=True), default=3.0, show_default=True)
+@click.option("--max-calls", type=Count(1), default="2^21", show_default=True,
+              help="The call cap the runs were made under (a run below it and above its error target is running).")
+@click.option("--target-rel-error", type=Number(0, 1, open_min=True), default=0.1, show_default=True,
+              help="The relative error the runs stop at.")
 @click.option("--json", "as_json", type=FilePath(path_type=Path, dir_okay=False), default=None,
               help="Also write the verdicts as JSON (atomically).")
-def reference_show(files: tuple[Path, ...], sigmas: float, as_json: Path | None) -> None:
-    """The verdict on every target in reference FILES (their rounds pooled)."""
-    refs = load_references(files, ReferenceRules(sigmas=sigmas))
+def reference_show(files: tuple[Path, ...], sigmas: float, max_calls: int, target_rel_error: float,
+                   as_json: Path | None) -> None:
+    """The verdict on every target in reference FILES (their rounds pooled); no verdict on unfinished runs."""
+    refs = load_references(files, ReferenceRules(sigmas=sigmas, max_calls=max_calls,
+                                                 target_rel_error=target_rel_error))
     click.echo(reference_table(refs))
-    counts = {s: sum(r.status == s for r in refs) for s in ("accepted", "disagree", "imprecise", "no-estimate",
-                                                             "single")}
+    counts = {s: sum(r.status == s for r in refs) for s in get_args(Status)}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     if as_json is not None:
         write_atomic(as_json, json.dumps([r.to_json() for r in refs], indent=1) + "\n")

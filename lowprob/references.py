@@ -43,7 +43,7 @@ SPREAD_MIN_ROUNDS = 4
 """From this many rounds on, a method's standard error is at least the spread between its rounds."""
 DEFAULT_METHODS = ("tsmc", "itgis")
 
-Status = Literal["accepted", "disagree", "imprecise", "no-estimate", "single"]
+Status = Literal["accepted", "disagree", "imprecise", "no-estimate", "single", "running"]
 
 
 class ReferenceMethod(StrictModel):
@@ -94,6 +94,7 @@ class Pooled:
     value: float
     std_error: float | None
     errors: tuple[str, ...] = ()
+    largest_round: float = 0.0
 
     @property
     def rel_error(self) -> float:
@@ -101,6 +102,12 @@ class Pooled:
         if self.std_error is None or not self.value > 0:
             return math.inf
         return self.std_error / self.value
+
+    def settled(self, rules: ReferenceRules) -> bool:
+        """Whether the run has met its stopping rule: the target relative error, the call cap (one more round of
+        its largest size would pass it), or an error."""
+        return (bool(self.errors) or self.rel_error <= rules.target_rel_error
+                or self.calls + self.largest_round > rules.max_calls)
 
     def usable(self) -> bool:
         """Whether the run can enter the agreement test: a positive value with a positive error bar, no error."""
@@ -122,7 +129,8 @@ def pool(rows: Sequence[ResultRow]) -> Pooled:
     calls = sum(e.model_calls for e in done)
     seconds = sum(e.seconds for e in done)
     if not done or calls <= 0:
-        return Pooled(first.label, first.estimator, first.options, len(rows), calls, seconds, 0.0, None, errors)
+        return Pooled(first.label, first.estimator, first.options, len(rows), calls, seconds, 0.0, None, errors,
+                      max((r.budget.model_calls or 0 for r in rows), default=0))
     weights = [e.model_calls / calls for e in done]
     value = sum(w * e.raw_value for w, e in zip(weights, done, strict=True))
     own: float | None = None
@@ -134,7 +142,8 @@ def pool(rows: Sequence[ResultRow]) -> Pooled:
         spread = math.sqrt(n / (n - 1) * sum((w * (e.raw_value - value)) ** 2
                                              for w, e in zip(weights, done, strict=True)))
         se = spread if own is None else max(own, spread)
-    return Pooled(first.label, first.estimator, first.options, len(rows), calls, seconds, value, se, errors)
+    return Pooled(first.label, first.estimator, first.options, len(rows), calls, seconds, value, se, errors,
+                  max((r.budget.model_calls or 0 for r in rows), default=0))
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,8 @@ class Reference:
     ``status``: ``accepted`` (every pair agrees within ``sigmas`` and the combined relative error is small
     enough), ``disagree`` (some pair does not: stored and reported, never averaged), ``imprecise`` (they agree
     but the combined value is too uncertain), ``no-estimate`` (a run has no positive value with an error bar,
-    or failed), ``single`` (fewer than two estimators).
+    or failed), ``single`` (fewer than two estimators), ``running`` (a run has met neither its target relative
+    error nor its call cap: no verdict on unfinished runs).
     """
 
     model: str
@@ -195,6 +205,8 @@ def judge(model: str, distribution: str, distribution_hash: str, target: str, ru
 
     if len({r.estimator for r in runs}) < 2:
         return verdict("single")
+    if not all(r.settled(rules) for r in runs):
+        return verdict("running")
     if not all(r.usable() for r in runs):
         return verdict("no-estimate")
     worst = max(abs(a.value - b.value) / math.hypot(a.std_error or 0.0, b.std_error or 0.0)
@@ -281,9 +293,8 @@ class ReferenceRunner:
         return [r for r in self.engine.rows.values() if r.experiment == EXPERIMENT and _same_run(r, problem, method)]
 
     def finished(self, pooled: Pooled) -> bool:
-        """A method stops at the target relative error, at the call cap, or after an error."""
-        return (bool(pooled.errors) or pooled.rel_error <= self.rules.target_rel_error
-                or pooled.calls + self.rules.round_calls > self.rules.max_calls)
+        """A method stops when settled (:meth:`Pooled.settled`) or when this runner's next round would pass the cap."""
+        return pooled.settled(self.rules) or pooled.calls + self.rules.round_calls > self.rules.max_calls
 
     def run(self, problem: ReferenceProblem, on_round: Callable[[ResultRow, Pooled], None] | None = None
             ) -> Reference:

@@ -50,8 +50,9 @@ def _round(value: float, se: float | None, calls: float = 100, seed: int = SEED_
     return ResultRow.of(spec, estimate=estimate)
 
 
-def _pooled(label: str, estimator: str, value: float, se: float | None) -> Pooled:
-    return Pooled(label, estimator, {}, 1, 100.0, 1.0, value, se)
+def _pooled(label: str, estimator: str, value: float, se: float | None, calls: float = RULES.max_calls) -> Pooled:
+    """A pooled run; by default it has spent the call cap, so it is settled whatever its error."""
+    return Pooled(label, estimator, {}, 1, calls, 1.0, value, se, largest_round=1 << 16)
 
 
 def test_pool_is_the_calls_weighted_mean_with_combined_errors() -> None:
@@ -96,6 +97,17 @@ def test_other_verdicts() -> None:
     assert judge("m", "d", "h", "t", [good, _pooled("t2", "tsmc", 1e-6, 1e-7)], RULES).status == "single"
     loose = [_pooled("tsmc", "tsmc", 1e-6, 6e-7), _pooled("itgis", "itgis", 1e-6, 6e-7)]
     assert judge("m", "d", "h", "t", loose, RULES).status == "imprecise"  # combined rel. error 0.42 > 0.3
+
+
+def test_no_verdict_while_a_run_has_met_neither_its_error_target_nor_its_cap() -> None:
+    settled = _pooled("tsmc", "tsmc", 1.0e-6, 0.9e-7)  # 9 % relative error: at its target, after few calls
+    unfinished = _pooled("itgis", "itgis", 1.1e-6, 2e-7, calls=1 << 18)  # 18 %, 2^18 of 2^21 calls
+    assert settled.settled(RULES) and not unfinished.settled(RULES)
+    assert judge("m", "d", "h", "t", [settled, unfinished], RULES).status == "running"
+    capped = _pooled("itgis", "itgis", 1.1e-6, 2e-7, calls=RULES.max_calls - (1 << 15))  # one more round passes it
+    assert judge("m", "d", "h", "t", [settled, capped], RULES).status == "accepted"
+    failed = Pooled("itgis", "itgis", {}, 1, 100.0, 1.0, 0.0, None, ("boom",), 100.0)
+    assert judge("m", "d", "h", "t", [settled, failed], RULES).status == "no-estimate"
 
 
 def test_seeds_are_deterministic_distinct_and_disjoint_from_test_seeds() -> None:
@@ -209,7 +221,10 @@ def test_cli_runs_shows_and_refuses(tmp_path: Path) -> None:
     ran = CliRunner().invoke(main, args)
     assert ran.exit_code == 0, ran.output
     assert "accepted" in ran.output and "naive" in ran.output
-    shown = CliRunner().invoke(main, ["reference", "show", str(out), "--json", str(tmp_path / "v.json")])
+    unfinished = CliRunner().invoke(main, ["reference", "show", str(out)])  # under the default 10 %, 2^21 rules
+    assert unfinished.exit_code == 0 and "1 running" in unfinished.output and "0 accepted" in unfinished.output
+    shown = CliRunner().invoke(main, ["reference", "show", str(out), "--max-calls", "2^15", "--target-rel-error",
+                                      "0.25", "--json", str(tmp_path / "v.json")])
     assert shown.exit_code == 0 and "1 accepted" in shown.output
     (verdict,) = json.loads((tmp_path / "v.json").read_text())
     assert verdict["status"] == "accepted" and {r["label"] for r in verdict["runs"]} == {"naive", "itgis"}
