@@ -32,7 +32,6 @@ import torch
 from pydantic import Field
 
 from lowprob.core.errors import LowprobError
-from lowprob.core.estimate import ConfidenceInterval
 from lowprob.core.estimator import (
     Capabilities,
     Estimator,
@@ -45,7 +44,7 @@ from lowprob.core.estimator import (
 from lowprob.core.generation import RandomSource, Sampling
 from lowprob.core.random import categorical
 from lowprob.core.smc import ParticleRun, ParticleWeights, combine_particle_runs
-from lowprob.plugins.builtin.output_tsmc import FLOOR, Twist, twisted_continuation
+from lowprob.plugins.builtin.output_tsmc import FLOOR, Twist, runs_output, twisted_continuation
 from lowprob.plugins.builtin.twists import Layout
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -173,21 +172,11 @@ class JointTSMC(Estimator[JointTSMCState]):
         return layout.supports[j][categorical(layout.log_d[j].exp().expand(k, -1), 1, generator)[:, 0]]
 
     def result(self, state: JointTSMCState, problem: Problem, level: float) -> EstimatorOutput:
-        if not state.runs:
-            raise LowprobError("joint-tsmc ran no SMC run; the budget ran out before the first one")
-        summary = combine_particle_runs(state.runs, level, zero_method="every run died: trivial bound 1")
-        ci = None if summary.low is None or summary.high is None else \
-            ConfidenceInterval(low=summary.low, high=min(summary.high, 1.0), level=level, method=summary.method)
-        return EstimatorOutput(
-            value=summary.value,
-            std_error=summary.std_error,
-            ci=ci,
-            hits=state.hits,
-            samples=state.particles,
-            diagnostics={"runs": len(state.runs), "twist": "contains" if state.twist.contains else "fixed",
-                         "input_twist": self.options.input_twist, "input_steps": state.layout.steps,
-                         "input_resamples": state.input_resamples},
-        )
+        return runs_output(self.name, state.runs, state.hits, state.particles, level,
+                           (1.0, "every run died: trivial bound 1"),
+                           {"runs": len(state.runs), "twist": "contains" if state.twist.contains else "fixed",
+                            "input_twist": self.options.input_twist, "input_steps": state.layout.steps,
+                            "input_resamples": state.input_resamples})
 
 
 @hookimpl

@@ -21,6 +21,7 @@ is spent and combine as independent replicates.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -297,6 +298,19 @@ def rejection_positives(problem: Problem, draws: int, seed: int = 0) -> torch.Te
     return torch.cat([inputs, continuations], dim=1)[hit]
 
 
+def runs_output(name: str, runs: Sequence[ParticleRun], hits: int, particles: int, level: float,
+                zero_bound: tuple[float, str], diagnostics: dict[str, Any]) -> EstimatorOutput:
+    """The result of independent SMC runs over generated tokens: their size-weighted mean and gamma interval
+    (capped at 1), or a clear error when the budget ran out before the first run."""
+    if not runs:
+        raise LowprobError(f"{name} ran no SMC run; the budget ran out before the first one")
+    summary = combine_particle_runs(runs, level, *zero_bound)
+    ci = None if summary.low is None or summary.high is None else \
+        ConfidenceInterval(low=summary.low, high=min(summary.high, 1.0), level=level, method=summary.method)
+    return EstimatorOutput(value=summary.value, std_error=summary.std_error, ci=ci, hits=hits, samples=particles,
+                           diagnostics=diagnostics)
+
+
 @dataclass
 class OutputTSMCState:
     """The twist and the finished SMC runs (and, for a learned twist, what building it found)."""
@@ -348,23 +362,12 @@ class OutputTSMC(Estimator[OutputTSMCState]):
         return 1.0, "every run died: trivial bound 1"
 
     def result(self, state: OutputTSMCState, problem: Problem, level: float) -> EstimatorOutput:
-        if not state.runs:
-            raise LowprobError(f"{self.name} ran no SMC run; the budget ran out before the first one")
-        summary = combine_particle_runs(state.runs, level, *self.zero_bound(state, level))
-        ci = None if summary.low is None or summary.high is None else \
-            ConfidenceInterval(low=summary.low, high=min(summary.high, 1.0), level=level, method=summary.method)
         bound = LogBound.of([r.log_z for r in state.runs])
-        return EstimatorOutput(
-            value=summary.value,
-            std_error=summary.std_error,
-            ci=ci,
-            hits=state.hits,
-            samples=state.particles,
-            diagnostics={**state.info, "runs": len(state.runs),
-                         "twist": state.info.get("twist", "contains" if state.twist.contains else "fixed"),
-                         "mean_log_z": bound.mean if math.isfinite(bound.mean) else None,
-                         "zero_runs": bound.zero_runs},
-        )
+        return runs_output(self.name, state.runs, state.hits, state.particles, level, self.zero_bound(state, level),
+                           {**state.info, "runs": len(state.runs),
+                            "twist": state.info.get("twist", "contains" if state.twist.contains else "fixed"),
+                            "mean_log_z": bound.mean if math.isfinite(bound.mean) else None,
+                            "zero_runs": bound.zero_runs})
 
     def bracket_twist(self, problem: Problem, generator: torch.Generator) -> GeneratedTwist:
         """The twist :meth:`bounds` brackets with: the look-ahead twist."""
