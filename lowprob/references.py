@@ -30,6 +30,7 @@ from lowprob.core.estimator import Problem
 from lowprob.core.meter import MeteredModel
 from lowprob.core.target import ArgmaxIs
 from lowprob.engine import Engine, Job
+from lowprob.ground_truth import GroundTruth
 from lowprob.plugins import Registry
 from lowprob.protocol import Band
 from lowprob.results import ResultRow, ResultsFile, RowSpec, write_atomic
@@ -421,14 +422,95 @@ def reference_files(path: Path | str) -> list[Path]:
     return [path] if path.exists() else []
 
 
-def reference_targets(path: Path | str, model: str, distribution: str, distribution_hash: str, band: Band,
-                      n: int, seed: int | Sequence[int]) -> tuple[tuple[int, ...], int, dict[int, float]]:
-    """Test tokens of the paper regime: up to ``n`` accepted references of (model, distribution) whose value lies
-    in ``band``, drawn by a seeded permutation of their sorted ids; also how many qualified and every chosen
-    token's reference value (its ground truth for scoring)."""
-    refs = load_references(reference_files(path))
-    found = {r.token: float(r.value) for r in refs
-             if r.accepted and r.token is not None and r.value is not None and bool(band.contains(r.value))
-             and (r.model, r.distribution, r.distribution_hash) == (model, distribution, distribution_hash)}
-    chosen = np.random.default_rng(seed).permutation(np.array(sorted(found), dtype=np.int64))[:n]
-    return tuple(int(t) for t in chosen), len(found), {int(t): found[int(t)] for t in chosen}
+def accepted_references(path: Path | str, model: str, distribution: str, distribution_hash: str
+                        ) -> dict[int, float]:
+    """The accepted reference value of every ``argmax == #id`` target of (model, distribution) under ``path``."""
+    return {r.token: float(r.value) for r in load_references(reference_files(path))
+            if r.accepted and r.token is not None and r.value is not None
+            and (r.model, r.distribution, r.distribution_hash) == (model, distribution, distribution_hash)}
+
+
+TruthSource = Literal["brute-force", "reference"]
+
+
+@dataclass(frozen=True)
+class TargetTruth:
+    """A paper-regime test token's true value and where it comes from: a fresh brute-force count with enough
+    hits (preferred) or an accepted reference; ``hits``/``samples`` are the fresh count's (also for a
+    reference-scored token, when a count exists) and ``reference`` the accepted reference (also when brute
+    force is preferred), so both are reported."""
+
+    token: int
+    source: TruthSource
+    value: float
+    hits: int | None = None
+    samples: int | None = None
+    reference: float | None = None
+
+    def describe(self) -> str:
+        count = f"{self.hits}/{self.samples} fresh hits" if self.samples else "no fresh count"
+        ref = f"reference {self.reference:.3g}" if self.reference is not None else "no reference"
+        return f"#{self.token} {self.value:.3g} ({self.source}; {count}; {ref})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"token": self.token, "source": self.source, "value": self.value, "hits": self.hits,
+                "samples": self.samples, "reference": self.reference}
+
+
+@dataclass(frozen=True)
+class PaperTargets:
+    """The test tokens of one (model, distribution) in the paper regime: chosen in seeded order, how many
+    qualified, each chosen token's :class:`TargetTruth`, and what was read (for ``--dry-run``)."""
+
+    tokens: tuple[int, ...]
+    candidates: int
+    truths: dict[int, TargetTruth]
+    sources: str
+
+
+def fresh_count(path: Path, shipped: GroundTruth) -> GroundTruth:
+    """A brute-force file of the same model and distribution as ``shipped`` whose shards are disjoint from it
+    (the shipped counts chose the test tokens; reusing their inputs would carry that selection over)."""
+    fresh = GroundTruth.load(path)
+    ident = ("model", "distribution", "distribution_hash", "d_vocab")
+    for name in ident:
+        if getattr(fresh, name) != getattr(shipped, name):
+            raise LowprobError(f"{path}: brute-force file has {name} {getattr(fresh, name)!r}, the shipped ground "
+                               f"truth {getattr(shipped, name)!r}; it counts something else")
+    shared = sorted(set(fresh.seeds) & set(shipped.seeds))
+    if shared:
+        raise LowprobError(f"{path}: brute-force file shares {len(shared)} shard seed(s) with the shipped ground "
+                           f"truth (first {shared[0]}); its inputs chose the test tokens, so count fresh shards "
+                           "(`lowprob ground-truth run --first-seed` past the shipped seeds)")
+    return fresh
+
+
+def paper_targets(shipped: GroundTruth, band: Band, n: int, seed: int | Sequence[int], min_count: int,
+                  references: Path | str | None = None, brute_force: Path | str | None = None) -> PaperTargets:
+    """Test tokens of the paper regime, drawn by a seeded permutation of the sorted ids of every token whose
+    truth lies in ``band``: a fresh brute-force count (``brute_force/<model>/<distribution>.json``, checked by
+    :func:`fresh_count`) with at least ``min_count`` hits is the truth where it exists, else an accepted
+    reference under ``references``; a missing brute-force file means no brute-force truths."""
+    refs = ({} if references is None else
+            accepted_references(references, shipped.model, shipped.distribution, shipped.distribution_hash))
+    said = [] if references is None else [f"{len(refs)} accepted reference(s) under {references}"]
+    fresh: GroundTruth | None = None
+    if brute_force is not None:
+        path = Path(brute_force) / shipped.model / f"{shipped.distribution}.json"
+        fresh = fresh_count(path, shipped) if path.is_file() else None
+        said.append(f"brute force {path}: {fresh.samples} samples" if fresh else f"no brute-force file at {path}")
+    truths: dict[int, TargetTruth] = {}
+    for token in sorted(set(refs) | (set(np.flatnonzero(fresh.counts >= min_count).tolist()) if fresh else set())):
+        hits, samples = (fresh.hits(token), fresh.samples) if fresh else (None, None)
+        if fresh and fresh.hits(token) >= min_count:
+            truth = TargetTruth(token, "brute-force", fresh.probability(token), hits, samples, refs.get(token))
+        else:
+            truth = TargetTruth(token, "reference", refs[token], hits, samples, refs[token])
+        if band.contains(truth.value):
+            truths[token] = truth
+    chosen = np.random.default_rng(seed).permutation(np.array(sorted(truths), dtype=np.int64))[:n]
+    tokens = tuple(int(t) for t in chosen)
+    counted = sum(t.source == "brute-force" for t in truths.values())
+    said.append(f"{len(truths)} in {band.describe()}: {counted} by brute force (≥ {min_count} hits), "
+                f"{len(truths) - counted} by reference")
+    return PaperTargets(tokens, len(truths), {t: truths[t] for t in tokens}, "; ".join(said))

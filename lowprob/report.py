@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lowprob.protocol import min_hits
 from lowprob.results import ResultRow, write_atomic
 from lowprob.scoring import Cell, score_cells
 
@@ -108,6 +109,7 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
              "Mean loss over the test tokens of each (model, distribution); lower is better. `*`: fewer tokens "
              "scored than planned (run in progress or errors); `—`: not run yet; `n/a`: the estimator cannot "
              "handle the distribution; `mean`: over the distributions the method ran on. See docs/protocol.md.", ""]
+    lines += [f"**Deviation from the paper:** {d}." for d in repro.deviations()] + [""] * bool(repro.deviations())
     for model in _models(repro):
         pairs = [p for p in repro.pairs if p.model == model]
         lines += [f"## {model}", ""]
@@ -134,6 +136,17 @@ def _markdown(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> s
                                      and (t := cells[(model, p.distribution, m.label)].temperature) is not None)
               or "—"]
              for p in pairs]), ""]
+        truths = [[p.distribution, f"#{t.token}", t.source, f"{t.value:.3g}",
+                   f"{t.hits} / {t.samples}" if t.samples else "—",
+                   f"{t.reference:.3g}" if t.reference is not None else "—"]
+                  for p in pairs for t in p.test_truths()]
+        if truths:
+            hits = min_hits(repro.config.targets.max_rel_error)
+            lines += ["### Test truths", "", f"Each test token's true value: a fresh brute-force count (≥ {hits} "
+                      "hits, shards disjoint from the ground truth's) where there is one, else an accepted "
+                      "reference (docs/references.md).", "", markdown_table(
+                          ["distribution", "token", "source", "value", "fresh hits / samples", "reference"], truths),
+                      ""]
     return "\n".join(lines)
 
 
@@ -144,6 +157,7 @@ def _models(repro: Reproduction) -> list[str]:
 
 def _losses_json(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -> dict[str, Any]:
     return {"name": repro.config.name, "config": repro.config.model_dump(mode="json"),
+            "deviations": repro.deviations(),
             "temperatures": list(repro.temperatures),
             "pairs": [{"model": p.model, "distribution": p.distribution, "samples": p.ground_truth.samples,
                        "test_band": [p.test_band.low, p.test_band.high],
@@ -151,6 +165,7 @@ def _losses_json(repro: Reproduction, cells: dict[tuple[str, str, str], Cell]) -
                        "test_tokens": list(p.selection.test), "tuning_tokens": list(p.selection.tuning),
                        "test_candidates": p.selection.test_candidates,
                        "tuning_candidates": p.selection.tuning_candidates, "skipped": p.skipped,
+                       "test_truths": [t.to_json() for t in p.test_truths()],
                        "methods": {m.label: {"estimator": m.estimator, "options": m.options, "tuned": m.tuned,
                                              "budget": m.budget.model_dump(mode="json", exclude_none=True),
                                              **_cell_json(cells[(p.model, p.distribution, m.label)])}

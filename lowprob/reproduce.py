@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -50,7 +51,7 @@ from lowprob.protocol import (
     select_targets,
     temperature_grid,
 )
-from lowprob.references import reference_targets
+from lowprob.references import TargetTruth, paper_targets
 from lowprob.report import format_table, write_losses_report
 from lowprob.results import ProtocolTags, ResultRow, RowSpec
 from lowprob.scoring import chosen_temperature
@@ -74,6 +75,15 @@ class TargetRules(StrictModel):
     tuning_band: tuple[float, float] | None = Field(default=None, description="fixed tuning band [low, high)")
     references: str | None = Field(default=None, description="reference file or folder (relative to this file): "
                                    "test tokens are its accepted references in the band (docs/references.md)")
+    brute_force: str | None = Field(default=None, description="folder of fresh brute-force counts (relative to "
+                                    "this file; <model>/<distribution>.json, shards disjoint from the ground "
+                                    "truth's): a token with at least min_hits(max_rel_error) hits there is scored "
+                                    "against that count; a missing file means none (docs/references.md)")
+
+    @property
+    def paper_truths(self) -> bool:
+        """Whether test tokens are scored against references or fresh counts instead of the ground truth."""
+        return self.references is not None or self.brute_force is not None
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TargetRules:
@@ -98,6 +108,8 @@ class TemperatureGrid(StrictModel):
     high: float = Field(default=5.0, gt=0)
     count: int = Field(default=9, ge=1)
     values: list[float] | None = Field(default=None, min_length=1)
+    tune: bool = Field(default=True, description="false: no tuning rows, every method at its own default "
+                       "temperature (a deviation from the paper, for CPU budgets)")
 
     def grid(self) -> tuple[float, ...]:
         return tuple(self.values) if self.values else temperature_grid(self.low, self.high, self.count)
@@ -161,11 +173,17 @@ class PairPlan:
     scale: float
     methods: list[MethodPlan]
     skipped: str | None = None
-    truth: dict[int, float] = field(default_factory=dict)
-    """Reference values of test tokens scored against references instead of the ground truth."""
+    truth: dict[int, TargetTruth] = field(default_factory=dict)
+    """Test tokens scored against a fresh brute-force count or a reference instead of the ground truth."""
+    truth_sources: str | None = None
+    """What the paper regime's test truths were read from (for ``--dry-run``)."""
 
     def p(self, token: int) -> float:
-        return self.truth[token] if token in self.truth else self.ground_truth.probability(token)
+        return self.truth[token].value if token in self.truth else self.ground_truth.probability(token)
+
+    def test_truths(self) -> list[TargetTruth]:
+        """The truth of each test token scored against a fresh count or a reference, in test order."""
+        return [self.truth[t] for t in self.selection.test if t in self.truth]
 
     def method(self, label: str) -> MethodPlan:
         return next(m for m in self.methods if m.label == label)
@@ -190,6 +208,13 @@ class Reproduction:
     def open(self) -> Engine:
         """The results file, checked writable and read (before any compute)."""
         return Engine(self.results_path)
+
+    def deviations(self) -> list[str]:
+        """How this plan departs from the paper's protocol, for the report."""
+        if self.config.temperatures.tune:
+            return []
+        return ["temperatures not tuned (`temperatures.tune = false`): every method runs at its own default "
+                "temperature and there are no tuning rows; the paper tunes each temperature on the tuning tokens"]
 
     def pair(self, model: str, distribution: str) -> PairPlan:
         return next(p for p in self.pairs if (p.model, p.distribution) == (model, distribution))
@@ -276,7 +301,7 @@ def _method_plans(config: ReproduceConfig, registry: Registry, scale: float, tun
             options[name] = scaled_option(float(base), scale, exponent)
         if entry.name == CONSTANT_ESTIMATOR and "value" not in options:
             options["value"] = optimal_constant(tuning_p)
-        tuned = TUNED_OPTION in fields and TUNED_OPTION not in options
+        tuned = config.temperatures.tune and TUNED_OPTION in fields and TUNED_OPTION not in options
         paper = cls.paper_budget()
         budget = Budget(model_calls=max(1, round((paper.model_calls or 1) * scale)),
                         backward_weight=paper.backward_weight)
@@ -315,9 +340,9 @@ def plan(path: Path | str, registry: Registry, output: Path | None = None, only_
     """
     path = Path(path)
     config = read_config(path)
-    if config.targets.references is not None:  # relative to the config file, like ground_truth
-        targets = config.targets.model_copy(update={"references": str(path.parent / config.targets.references)})
-        config = config.model_copy(update={"targets": targets})
+    relative = {key: os.path.normpath(path.parent / value) for key in ("references", "brute_force")  # as ground_truth
+                if (value := getattr(config.targets, key)) is not None}
+    config = config.model_copy(update={"targets": config.targets.model_copy(update=relative)})
     reject_duplicates(path, "methods (by label)", [m.key for m in config.methods])
     reject_duplicates(path, "models", config.models)
     reject_duplicates(path, "distributions", config.distributions)
@@ -368,25 +393,33 @@ def _pair(config: ReproduceConfig, registry: Registry, where: str, model: str, s
     selection = select_targets(gt.counts, gt.samples, test_band, tuning_band, config.targets.n_test,
                                config.targets.n_tuning, _derive_seed("select", config.seed, model, source.name),
                                config.targets.max_rel_error)
-    truth: dict[int, float] = {}
-    if config.targets.references is not None:
-        test, found, truth = reference_targets(config.targets.references, model, source.name, gt.distribution_hash,
-                                               test_band, config.targets.n_test,
-                                               _derive_seed("select-references", config.seed, model, source.name))
-        selection = replace(selection, test=test, test_candidates=found)
+    truth: dict[int, TargetTruth] = {}
+    sources = None
+    rules = config.targets
+    if rules.paper_truths:
+        try:
+            chosen = paper_targets(gt, test_band, rules.n_test,
+                                   _derive_seed("select-references", config.seed, model, source.name),
+                                   min_hits(rules.max_rel_error), rules.references, rules.brute_force)
+        except LowprobError as exc:
+            raise LowprobError(f"{where}: {exc}") from None
+        selection = replace(selection, test=chosen.tokens, test_candidates=chosen.candidates)
+        truth, sources = chosen.truths, chosen.sources
     scale = config.budget.scale or max(config.budget.min_scale,
                                        budget_scale(test_band.high, config.budget.paper_band_high))
     for name, tokens, band in (("test", selection.test, test_band), ("tuning", selection.tuning, tuning_band)):
         if not tokens:
             reason = (f"no {name} token has a ground truth in {band.describe()} with at least "
                       f"{min_hits(config.targets.max_rel_error)} hits in {gt.samples} samples")
-            if name == "test" and config.targets.references is not None:
-                reason = f"no accepted reference in {band.describe()} under {config.targets.references}"
+            if name == "test" and rules.paper_truths:
+                reason = (f"no accepted reference or fresh brute-force count (≥ {min_hits(rules.max_rel_error)} "
+                          f"hits) in {band.describe()}; see the test truths")
             return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, [], reason,
-                            truth)
+                            truth, sources)
     methods = _method_plans(config, registry, scale, [gt.probability(t) for t in selection.tuning], where,
                             temperatures[0])
-    return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, methods, truth=truth)
+    return PairPlan(model, source.name, source, gt, test_band, tuning_band, selection, scale, methods, truth=truth,
+                    truth_sources=sources)
 
 
 def _problem(model: ModelAdapter, distribution: InputDistribution, token: int) -> Problem:
@@ -515,7 +548,8 @@ def write_report(repro: Reproduction, engine: Engine | None = None) -> list[Path
 
 
 def describe_plan(repro: Reproduction, pairs: list[PairPlan], engine: Engine) -> str:
-    """A table of what each pair will run: bands, tokens, scale, per-method budgets and pending rows."""
+    """A table of what each pair will run (bands, tokens, scale, per-method budgets and pending rows), then the
+    plan's deviations from the paper and, in the paper regime, where each test token's truth comes from."""
     rows = []
     for p in pairs:
         mine = engine.pending(repro.jobs(p))
@@ -523,5 +557,11 @@ def describe_plan(repro: Reproduction, pairs: list[PairPlan], engine: Engine) ->
                      f"{len(p.selection.test)}/{len(p.selection.tuning)}", f"{p.scale:.3g}",
                      p.skipped or " ".join(f"{m.label}={m.budget.model_calls}" for m in p.methods), str(len(mine)),
                      str(sum(job.calls for job in mine))])
-    return format_table(["model", "distribution", "samples", "test band", "test/tune", "scale",
-                         "budgets (model calls)", "pending", "pending calls"], rows)
+    table = format_table(["model", "distribution", "samples", "test band", "test/tune", "scale",
+                          "budgets (model calls)", "pending", "pending calls"], rows)
+    notes = [f"deviation from the paper: {d}" for d in repro.deviations()]
+    for p in pairs:
+        if p.truth_sources is not None:
+            notes.append(f"{p.model} / {p.distribution} test truths: {p.truth_sources}")
+            notes += [f"  {t.describe()}" for t in p.test_truths()]
+    return "\n".join([table, *notes])

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from lowprob.api import compile_source, resolve_spec
 from lowprob.cli import main
 from lowprob.core.budget import Budget
+from lowprob.core.errors import LowprobError
 from lowprob.engine import Engine
 from lowprob.ground_truth import GroundTruth, load_shipped
 from lowprob.plugins import load_registry
 from lowprob.protocol import PAPER_BAND, PAPER_TUNING_BAND
-from lowprob.references import EXPERIMENT, ReferenceMethod, reference_seed
-from lowprob.reproduce import plan, shipped_config
+from lowprob.references import EXPERIMENT, ReferenceMethod, TargetTruth, reference_seed
+from lowprob.reproduce import plan, shipped_config, write_report
 from lowprob.results import ResultRow, RowSpec
 from lowprob.target_screening import ScreenRules, screen, screening_order, seen_in_band
 from tests.made_estimates import made_estimate
@@ -83,9 +84,124 @@ def test_paper_regime_dry_run_shows_the_budgets(paper_config) -> None:
     shipped = CliRunner().invoke(main, ["reproduce", "--regime", "paper", "--dry-run", "--output",
                                         str(config.parent / "out2")])
     assert shipped.exit_code == 0, shipped.output
-    assert "no accepted reference in [1e-09, 1e-05)" in shipped.output or "naive=65536" in shipped.output
+    assert "no accepted reference or fresh brute-force count" in shipped.output or "naive=65536" in shipped.output
     both = CliRunner().invoke(main, ["reproduce", "--regime", "paper", "--quick", "--dry-run"])
     assert both.exit_code == 1 and "--regime paper" in both.output
+
+
+FRESH_SEEDS = tuple(range(1 << 20, (1 << 20) + 64))
+"""Shards of a fresh count past the shipped ground truth's seeds: 64 × 2^16 = 2^22 samples."""
+
+
+def _fresh_count(folder: Path, hits: dict[int, int], seeds: tuple[int, ...] = FRESH_SEEDS,
+                 distribution_hash: str | None = None) -> GroundTruth:
+    """A synthetic brute-force file ``folder/lowprob-1l/hex.json``: ``hits`` on the given tokens, the other
+    inputs on the shipped ground truth's most frequent token."""
+    shipped = load_shipped("lowprob-1l", "hex")
+    counts = np.zeros(shipped.d_vocab, dtype=np.int64)
+    counts[list(hits)] = list(hits.values())
+    counts[int(np.argmax(shipped.counts))] += len(seeds) * shipped.shard_size - sum(hits.values())
+    fresh = GroundTruth(shipped.model, shipped.distribution, distribution_hash or shipped.distribution_hash,
+                        shipped.d_vocab, shipped.shard_size, seeds, counts)
+    fresh.save(folder / "lowprob-1l" / "hex.json")
+    return fresh
+
+
+def test_fresh_brute_force_counts_with_enough_hits_are_test_truths_before_references(paper_config) -> None:
+    config, _ = paper_config  # references: #5 accepted at 3.05e-7, #6 rejected, #7 accepted at 2e-5 (above band)
+    samples = len(FRESH_SEEDS) << 16
+    # #5: 20 hits, preferred to its reference; #6: 11 hits, too few (and its reference is rejected); #7: 30 hits,
+    # in band, so brute force brings it in; #10: exactly 12 hits; #11: 100 hits, above the band (2.4e-5)
+    _fresh_count(config.parent / "brute-force", {5: 20, 6: 11, 7: 30, 10: 12, 11: 100})
+    repro = plan(config, load_registry())
+    (pair,) = repro.pairs
+    assert sorted(pair.selection.test) == [5, 7, 10] and pair.selection.test_candidates == 3
+    truths = {t.token: t for t in pair.test_truths()}
+    assert truths[5] == TargetTruth(5, "brute-force", 20 / samples, 20, samples, pytest.approx(3.05e-7, rel=0.01))
+    assert truths[7].source == "brute-force" and truths[7].reference == pytest.approx(2e-5)
+    assert truths[10] == TargetTruth(10, "brute-force", 12 / samples, 12, samples, None)
+    assert pair.p(5) == 20 / samples and pair.p(10) == 12 / samples
+    test_rows = [j for j in repro.jobs(pair) if j.spec.phase == "test"]
+    assert {j.spec.protocol.p_true for j in test_rows} == {20 / samples, 30 / samples, 12 / samples}
+    config.write_text(config.read_text().replace("n_test = 16", "n_test = 2"))
+    assert plan(config, load_registry()).pairs[0].selection.test == pair.selection.test[:2]  # same permutation
+    dry = CliRunner().invoke(main, ["reproduce", "--config", str(config), "--dry-run", "--output",
+                                    str(config.parent / "out")])
+    assert dry.exit_code == 0, dry.output
+    assert f"brute force {config.parent / 'brute-force' / 'lowprob-1l' / 'hex.json'}: {samples} samples" in dry.output
+    assert f"(brute-force; 20/{samples} fresh hits; reference 3.05e-07)" in dry.output
+
+
+def test_without_a_brute_force_file_the_references_decide(paper_config) -> None:
+    config, truth = paper_config
+    (pair,) = plan(config, load_registry()).pairs
+    assert pair.test_truths() == [TargetTruth(5, "reference", pytest.approx(truth[5], rel=0.01), None, None,
+                                              pytest.approx(truth[5], rel=0.01))]
+    assert "no brute-force file at" in (pair.truth_sources or "")
+    _fresh_count(config.parent / "brute-force", {5: 3})  # a count too small to decide keeps the reference
+    (pair,) = plan(config, load_registry()).pairs
+    assert pair.test_truths()[0].source == "reference" and pair.test_truths()[0].hits == 3
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": (15, *FRESH_SEEDS[1:])}, "shares 1 shard seed(s) with the shipped ground truth (first 15)"),
+    ({"distribution_hash": "0123456789abcdef"}, "brute-force file has distribution_hash '0123456789abcdef'"),
+])
+def test_a_brute_force_file_that_reuses_the_shipped_inputs_or_counts_another_distribution_is_refused(
+        paper_config, change: dict, message: str) -> None:
+    config, _ = paper_config
+    _fresh_count(config.parent / "brute-force", {5: 20}, **change)
+    with pytest.raises(LowprobError) as err:
+        plan(config, load_registry())
+    assert str(config.parent / "brute-force" / "lowprob-1l" / "hex.json") in str(err.value)
+    assert message in str(err.value)
+    result = CliRunner().invoke(main, ["reproduce", "--config", str(config), "--dry-run"])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_the_report_says_where_each_test_truth_comes_from(paper_config) -> None:
+    config, truth = paper_config
+    samples = len(FRESH_SEEDS) << 16
+    _fresh_count(config.parent / "brute-force", {10: 14})
+    repro = plan(config, load_registry(), output=config.parent / "out")
+    write_report(repro)
+    losses = json.loads((repro.output / "losses.json").read_text())
+    assert sorted(losses["pairs"][0]["test_truths"], key=lambda t: t["token"]) == [
+        {"token": 5, "source": "reference", "value": pytest.approx(truth[5], rel=0.01), "hits": 0, "samples": samples,
+         "reference": pytest.approx(truth[5], rel=0.01)},
+        {"token": 10, "source": "brute-force", "value": 14 / samples, "hits": 14, "samples": samples,
+         "reference": None}]
+    markdown = (repro.output / "losses.md").read_text()
+    assert "### Test truths" in markdown and f"| hex | #10 | brute-force | {14 / samples:.3g} | 14 / {samples} | — |" \
+        in markdown and "| hex | #5 | reference |" in markdown
+    assert losses["deviations"] == [] and "Deviation from the paper" not in markdown
+
+
+def test_the_untuned_variant_plans_paper_budgets_at_default_temperatures_and_no_tuning_rows(tmp_path: Path) -> None:
+    config = tmp_path / "untuned.toml"  # the run config of this repository, its counts replaced by synthetic ones
+    config.write_text((Path(__file__).parents[1] / "docs/results/references/reproduce-paper-untuned.toml")
+                      .read_text().replace('["hex", "camel", "colon", "if"]', '["hex"]'))
+    _fresh_count(tmp_path / "brute-force", {5: 20, 10: 12})
+    registry = load_registry()
+    repro = plan(config, registry, output=tmp_path / "out")
+    (pair,) = repro.pairs
+    assert sorted(pair.selection.test) == [5, 10] and {t.source for t in pair.test_truths()} == {"brute-force"}
+    assert pair.scale == 1.0 and not any(m.tuned for m in pair.methods)
+    for method in pair.methods:  # the paper's unscaled budgets (MHIS its own accounting), no temperature option
+        assert method.budget == registry.estimator(method.estimator).paper_budget()
+        assert "temperature" not in method.options or method.label == "tsmc-ctl"
+    assert {m.label: m.budget.model_calls for m in pair.methods}["mhis"] == 98336
+    jobs = repro.jobs(pair)
+    assert {j.spec.phase for j in jobs} == {"test"} and len(jobs) == 2 * len(pair.methods)
+    assert all(j.spec.protocol.tuning_grid is None for j in jobs)
+    assert repro.deviations() and "temperatures not tuned" in repro.deviations()[0]
+    dry = CliRunner().invoke(main, ["reproduce", "--config", str(config), "--dry-run", "--output",
+                                    str(tmp_path / "out"), "--executor", "processes", "--workers", "2"])
+    assert dry.exit_code == 0, dry.output
+    assert "deviation from the paper: temperatures not tuned" in dry.output and "mhis=98336" in dry.output
+    assert f"{2 * len(pair.methods)} estimates to run" in dry.output
+    write_report(repro)
+    assert "**Deviation from the paper:** temperatures not tuned" in (repro.output / "losses.md").read_text()
 
 
 def _planted_ground_truth(source, hits: dict[int, int], samples: int) -> GroundTruth:
