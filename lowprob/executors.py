@@ -306,8 +306,14 @@ def _process_main(conn: Connection, threads: int, device: str | None) -> None:
         except EOFError:
             return
         try:
-            conn.send(("ok", task.run()))
+            reply: tuple[str, Any] = ("ok", task.run())
         except Exception as exc:
+            reply = ("error", _sendable(exc))
+        try:
+            conn.send(reply)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the driver is gone (killed or interrupted): nobody to answer, and nothing of its is lost
+        except Exception as exc:  # the result does not pickle: say so instead
             conn.send(("error", _sendable(exc)))
 
 

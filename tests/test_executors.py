@@ -143,6 +143,35 @@ def test_a_task_that_always_kills_its_worker_stops_the_run_and_a_task_error_reac
         list(runner.run([Fails()]))
 
 
+class GonePipe:
+    """A worker's end of a pipe whose driver has gone: one task to receive, then every send fails."""
+
+    def __init__(self, task: Any) -> None:
+        self.tasks, self.sent = [task], 0
+
+    def recv(self) -> Any:
+        if not self.tasks:
+            raise EOFError
+        return self.tasks.pop()
+
+    def send(self, obj: Any) -> None:
+        self.sent += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_worker_whose_driver_is_gone_exits_quietly(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import lowprob.executors as executors
+
+    monkeypatch.setattr(executors, "_start_worker", lambda threads, device: None)  # keep this process's threads
+    monkeypatch.setattr(executors.signal, "signal", lambda *args: None)  # and its Ctrl-C
+    for task in (Sleeps(0), Fails()):
+        pipe = GonePipe(task)
+        executors._process_main(pipe, 1, None)  # type: ignore[arg-type]  # returns instead of raising a BrokenPipeError
+        assert pipe.sent == 1  # one answer tried, no second send of an error about the first
+    assert capsys.readouterr().err == ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Sleeps:
     seconds: float
