@@ -6,6 +6,8 @@ A reference file is an ordinary results file (:mod:`lowprob.results`) of *rounds
 so a killed run keeps every finished round and continues at the next, and files of several machines merge by
 concatenation (a repeated round is counted once). Everything else — each method's pooled value, the agreement
 test, the combined value — is a pure function of the rows (:func:`pool`, :func:`judge`), recomputed on read.
+:func:`paper_targets` then picks the paper regime's test tokens, each with its :class:`TargetTruth`: a fresh
+brute-force count where it has enough hits, else an accepted reference.
 """
 
 from __future__ import annotations
