@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from scipy import optimize
+from scipy import optimize, stats
 
 from lowprob.core.errors import LowprobError
 from lowprob.core.estimate import ConfidenceInterval
@@ -31,7 +31,7 @@ from lowprob.core.estimator import (
     StepInfo,
 )
 from lowprob.core.random import categorical
-from lowprob.core.stats import WeightTally, adaptive_zero_hit_bound, normal_interval
+from lowprob.core.stats import WeightTally, adaptive_zero_hit_bound
 from lowprob.plugins.builtin.token_scores import gather_rows, sample_rows
 from lowprob.plugins.hookspecs import hookimpl
 from lowprob.plugins.registry import Registrar
@@ -170,6 +170,26 @@ def fitted_strength(log_d: torch.Tensor, scores: torch.Tensor, hit_tokens: torch
     return high
 
 
+LARGEST_WEIGHT_METHOD = "clopper-pearson in units of the largest weighted hit"
+
+
+def largest_weight_interval(tally: WeightTally, level: float) -> tuple[float, float]:
+    """The interval for p from draws whose terms ``w·1[hit]`` lie in ``[0, M]``, M the largest weighted hit seen.
+
+    Of all laws on ``[0, M]`` with mean p, ``M·Bernoulli(p/M)`` is the most dispersed (the largest in convex
+    order), so the sum of the N terms is at most as dispersed as ``M·Binomial(N, p/M)``: the Clopper–Pearson
+    interval of ``K = Σ w·1[hit] / M`` successes in N draws, scaled by M. Unlike the normal interval over the
+    sample variance it does not shrink when the estimate rests on a few heavy hits (issue 13: on trained models
+    the normal interval covered 0.82 and 0.70, every miss low); it assumes no hit outweighs the largest one seen.
+    """
+    alpha = 1 - level
+    m, n = tally.max_wy, tally.samples
+    k = min(tally.sum_wy / m, n)
+    low = m * float(stats.beta.ppf(alpha / 2, k, n - k + 1))
+    high = m * float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else m
+    return low, high
+
+
 @dataclass(frozen=True)
 class ITGISState:
     """The score table ``S``; the tallies of the warm-up batches (drawn before any hit), of the last warm-up batch
@@ -278,8 +298,8 @@ class ITGIS(Estimator[ITGISState]):
         if tally.samples == 0:
             raise LowprobError("itgis drew no samples; the budget ran out before the first batch")
         if tally.hits:
-            low, high = normal_interval(tally.value, tally.std_error or 0.0, level)
-            ci = ConfidenceInterval(low=low, high=high, level=level, method="normal")
+            low, high = largest_weight_interval(tally, level)
+            ci = ConfidenceInterval(low=low, high=high, level=level, method=LARGEST_WEIGHT_METHOD)
         else:  # every batch without a hit: all of them, or those after the warm-up when the warm-up hit
             unhit = state.batch_weights[state.warmup_batches if state.warmup.hits else 0:]
             ci = ConfidenceInterval(low=0.0, high=adaptive_zero_hit_bound(unhit, level), level=level,

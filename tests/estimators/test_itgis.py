@@ -21,10 +21,10 @@ from lowprob.core.estimator import Problem, StepInfo
 from lowprob.core.exact import KnownAnswerSource
 from lowprob.core.meter import MeteredModel
 from lowprob.core.runner import run_estimator
-from lowprob.core.stats import adaptive_zero_hit_bound, clopper_pearson
+from lowprob.core.stats import WeightTally, adaptive_zero_hit_bound, clopper_pearson, normal_interval
 from lowprob.core.target import ArgmaxIn, ArgmaxIs
 from lowprob.plugins import load_registry
-from lowprob.plugins.builtin.itgis import ITGIS, ITGISState, Proposal, fitted_strength
+from lowprob.plugins.builtin.itgis import ITGIS, ITGISState, Proposal, fitted_strength, largest_weight_interval
 from lowprob.plugins.testing import (
     ToyProblem,
     argmax_probabilities,
@@ -200,6 +200,41 @@ def test_same_seed_same_result(toy: ToyProblem) -> None:
     a, b = (run_estimator(ITGIS(SMALL), toy.problem(), Budget(model_calls=300), 7, progress=False)
             for _ in range(2))
     assert (a.value, a.std_error, a.hits) == (b.value, b.std_error, b.hits)
+
+
+def test_the_interval_is_clopper_pearson_in_units_of_the_largest_weight() -> None:
+    """With every hit of the same weight w the interval is w × the Clopper–Pearson interval of the hit count; one
+    heavy hit among light ones widens it beyond the normal interval, which the sample variance keeps tight."""
+    equal = WeightTally().add(torch.full((500,), 0.25, dtype=torch.float64), torch.arange(500) < 7)
+    assert largest_weight_interval(equal, 0.95) == pytest.approx(tuple(0.25 * b for b in clopper_pearson(7, 500)))
+    weights = torch.cat([torch.full((40,), 0.01), torch.ones(1), torch.zeros(1959)]).to(torch.float64)
+    skewed = WeightTally().add(weights, weights > 0)
+    low, high = largest_weight_interval(skewed, 0.95)
+    assert low < skewed.value < high
+    assert high > 1.5 * normal_interval(skewed.value, skewed.std_error or 0.0, 0.95)[1]
+
+
+@pytest.mark.statistical
+def test_the_interval_covers_heavy_tailed_weights() -> None:
+    """Issue 13 (trained models: the normal interval covered 0.82 and 0.70, every miss low). The hits' weights are
+    Pareto-tailed (shape 1.5, capped at 1 000), as when a fitted tilt thins part of the event: over 400 seeded
+    runs of 2 000 draws the normal interval covers 0.80, the largest-weight interval 0.96 (each share
+    ± 0.02 at one s.d.; the bounds are 3.5 s.d. from each)."""
+    generator = torch.Generator().manual_seed(0)
+    hit_rate, shape, cap = 0.02, 1.5, 1000.0
+    lower_tail = 1 - cap ** (1 - shape)  # E[min(Pareto(1, shape), cap)] in closed form
+    p = hit_rate * (shape / (shape - 1) * lower_tail + cap ** (1 - shape))
+    normal = ours = 0
+    runs = 400
+    for _ in range(runs):
+        hit = torch.rand(2000, generator=generator, dtype=torch.float64) < hit_rate
+        weights = torch.rand(2000, generator=generator, dtype=torch.float64).pow(-1 / shape).clamp(max=cap)
+        tally = WeightTally().add(weights, hit)
+        low, high = normal_interval(tally.value, tally.std_error or 0.0, 0.95)
+        normal += low <= p <= high
+        low, high = largest_weight_interval(tally, 0.95)
+        ours += low <= p <= high
+    assert normal / runs < 0.88 and ours / runs > 0.89
 
 
 def test_zero_hits_give_a_finite_upper_bound(toy: ToyProblem) -> None:
