@@ -225,11 +225,12 @@ class ITGISState:
 
 
 class ITGIS(Estimator[ITGISState]):
-    """Gradient-tilted adaptive importance sampling (unbiased); 95 % CI under-covers on trained models: 0.77, 0.67.
+    """Gradient-tilted adaptive importance sampling (unbiased); 95 % CI covers 0.94 and 0.89 on trained models.
 
     A defensive mixture of D, the paper's tilt and a product proposal tilted along running token-gradient scores
-    with the strength fitted to the hits (every weight ≤ 1/α). Coverage measured on lowprob-1l hex id 9 (23/30)
-    and camel #596 (20/30) at 16 384 calls (docs/estimators/itgis.md)."""
+    with the strength fitted to the hits (every weight ≤ 1/α); the interval is Clopper–Pearson in units of the
+    largest weighted hit. Coverage measured on lowprob-1l hex id 9 (94/100) and camel #596 (89/100: below 0.90)
+    at 16 384 calls (docs/estimators/itgis.md)."""
 
     name = "itgis"
     Options = ITGISOptions
@@ -317,7 +318,7 @@ class ITGIS(Estimator[ITGISState]):
                 "warmup_samples": state.samples - tally.samples,
                 "warmup_hits": state.warmup.hits + state.tally.hits - tally.hits,
                 "batches": state.batches,
-                "std_error_method": "iid sample std of w*y / sqrt(N) (ignores the adaptivity)",
+                "std_error_method": "sample std of w*y / sqrt(N); the interval is not ± z·s.e. (see its method)",
             },
         )
 
