@@ -184,6 +184,8 @@ def largest_weight_interval(tally: WeightTally, level: float) -> tuple[float, fl
     """
     alpha = 1 - level
     m, n = tally.max_wy, tally.samples
+    if m <= 0:  # every hit's weight underflowed float64: nothing to scale, as the normal interval would say
+        return 0.0, 0.0
     k = min(tally.sum_wy / m, n)
     low = m * float(stats.beta.ppf(alpha / 2, k, n - k + 1))
     high = m * float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k)) if k < n else m
