@@ -34,6 +34,7 @@ from lowprob.plugins.builtin.splitting import (
     ScoredEstimator,
     SplittingOptions,
     count_ends,
+    exp_or_inf,
     level_details,
     replicate_interval,
 )
@@ -305,7 +306,7 @@ class GAMS(ScoredEstimator):
             ci = ConfidenceInterval(low=summary.low, high=summary.high, level=level, method=summary.method)
         elif summary.value > 0:  # one run: the AMS formula's lognormal interval
             variance = runs[0].formula_variance() or 0.0
-            spread = math.exp(float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(variance))
+            spread = exp_or_inf(float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(variance))
             ci = ConfidenceInterval(low=summary.value / spread, high=min(1.0, summary.value * spread), level=level,
                                     method="lognormal from the AMS variance formula (one run)")
         diagnostics: dict[str, Any] = {

@@ -13,6 +13,7 @@ averaged, with Cox's lognormal interval over them. Consistent as N grows under g
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
@@ -45,6 +46,8 @@ PILOT_SHARE = 0.25
 LEVEL_DETAIL_LADDERS = 4
 """Ladders (or GAMS runs) whose every level goes into the diagnostics; the others are summarised per ladder, so a
 results row stays small (26 GAMS runs of ~100 levels each made 380 kB rows)."""
+LOG_FLOAT_MAX = math.log(sys.float_info.max)
+"""Largest ``x`` whose ``e^x`` is a finite float (about 709.78)."""
 TIE_MIXES = 3
 """Rounds of MCMC moves at the previous level a ladder tries when all N replicas tie below the event, before it
 stalls (each round moves every replica and kills none)."""
@@ -261,7 +264,7 @@ class Ladder:
         probability at its last level, raised by z of its relative s.d., times Clopper–Pearson(0 of N). A
         diagnostic; the reported bound uses only the independent first draws."""
         z = float(stats.norm.ppf(0.5 + level / 2))
-        return min(1.0, math.exp(self.log_weight + z * math.sqrt(self.ladder_variance))
+        return min(1.0, exp_or_inf(self.log_weight + z * math.sqrt(self.ladder_variance))
                    * clopper_pearson(0, self.size, level)[1])
 
     def report(self) -> dict[str, Any]:
@@ -552,13 +555,19 @@ def summarize(ladders: Sequence[Ladder], level: float = 0.95) -> LadderSummary:
                                 method="clopper-pearson: 0 hits in the ladders' initial draws from D")
         return LadderSummary(0.0, None, ci, hits, samples, "none (zero estimate)", None)
     if r == 1:
-        spread_factor = math.exp(float(stats.norm.ppf(0.5 + level / 2)) * formula / value)
+        spread_factor = exp_or_inf(float(stats.norm.ppf(0.5 + level / 2)) * formula / value)
         ci = ConfidenceInterval(low=value / spread_factor, high=min(1.0, value * spread_factor), level=level,
                                 method="lognormal from the AMS variance formula (one ladder)")
         return LadderSummary(value, formula, ci, hits, samples, "AMS variance formula (ideal mixing)", formula)
     std_error = math.sqrt(math.fsum((v - value) ** 2 for v in values) / (r - 1) / r)
     return LadderSummary(value, std_error, replicate_interval(values, level, "ladders"), hits, samples,
                          f"spread of {r} independent ladders", formula)
+
+
+def exp_or_inf(x: float) -> float:
+    """``e^x``, or ``inf`` past a float's range: an interval's end whose log is huge (replicates spread over hundreds
+    of decades) is unbounded, and its caller caps it at 1, instead of raising ``OverflowError``."""
+    return math.exp(x) if x < LOG_FLOAT_MAX else math.inf
 
 
 def lognormal_mean_interval(values: Sequence[float], level: float) -> tuple[float, float] | None:
@@ -573,7 +582,7 @@ def lognormal_mean_interval(values: Sequence[float], level: float) -> tuple[floa
     var = math.fsum((y - mean) ** 2 for y in logs) / (n - 1)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * math.sqrt(var / n + var * var / (2 * (n - 1)))
     centre = mean + var / 2 + math.log(n / len(values))
-    return math.exp(centre - half), math.exp(centre + half)
+    return exp_or_inf(centre - half), exp_or_inf(centre + half)
 
 
 def replicate_interval(values: Sequence[float], level: float, unit: str) -> ConfidenceInterval:

@@ -339,6 +339,18 @@ def test_cox_interval_needs_two_non_zero_values_and_scales_by_their_share() -> N
     assert math.isclose(half[0], full[0] / 2) and math.isclose(half[1], full[1] / 2)
 
 
+def test_replicates_spread_over_hundreds_of_decades_give_the_trivial_upper_end_not_an_overflow() -> None:
+    """Seen on lowprob-1l / hex at p ≈ 7e-6 (paper regime, ams): ladder values 1e-300 … 0.5 made Cox's upper end
+    e^(10^4), and ``math.exp`` raised OverflowError out of the estimator."""
+    from lowprob.plugins.builtin.splitting import replicate_interval
+
+    values = [1e-300, 1e-200, 1e-2, 0.5]
+    cox = lognormal_mean_interval(values, 0.95)
+    assert cox is not None and cox[1] == math.inf
+    interval = replicate_interval(values, 0.95, "ladders")
+    assert interval.high == 1.0 and 0.0 <= interval.low <= sum(values) / len(values)
+
+
 def test_level_details_keep_every_level_of_the_first_ladders_and_count_the_rest() -> None:
     from lowprob.plugins.builtin.splitting import LEVEL_DETAIL_LADDERS, Level, level_details
 
