@@ -50,9 +50,10 @@ ITGIS's interval under-covers at a few hundred samples (documented in docs/estim
 tsmc-ctl's Student-t interval over replicates at 900 calls (docs/estimators/tsmc.md)."""
 
 
-SLOW_STATISTICAL = {"ams", "subset-simulation"}
-"""Estimators whose statistical checks take 15-50 s each (twelve consistency runs up to 20 000 calls of a ladder):
-marked slow, run by ``make test-slow``; tests/estimators/test_splitting.py keeps their fast exact checks."""
+SLOW_STATISTICAL = {"ams", "subset-simulation", "mhis"}
+"""Estimators whose statistical checks take 15-50 s each (twelve consistency runs up to 20 000 calls of a ladder;
+mhis's coverage runs of chains with burn-in): marked slow, run by ``make test-slow``; tests/estimators/
+test_splitting.py and test_mhis.py keep their fast checks."""
 
 
 def statistical_params() -> list[Any]:

@@ -200,6 +200,7 @@ def test_default_model_paper_distribution() -> None:
 
 
 @pytest.mark.statistical
+@pytest.mark.slow  # ~18 s: run by `make test-slow`, with mhis's conformance coverage check
 @settings(max_examples=3)
 @given(seed=st.integers(min_value=0, max_value=10_000))
 def test_converges_on_random_lookup_toys(seed: int) -> None:
