@@ -7,6 +7,6 @@ cd "$(dirname "$0")/../../.."  # the repository root
 for d in $dists; do
   echo "== $d $n $(date -u +%T)"
   .venv/bin/lowprob ground-truth run "$d" --model lowprob-1l --samples "$n" --first-seed 1048576 \
-    --executor processes --workers 2 --progress --output "docs/results/references/brute-force/lowprob-1l/$d.json"
+    --executor processes --workers ${WORKERS:-2} --progress --output "docs/results/references/brute-force/lowprob-1l/$d.json"
 done
 echo "== done $(date -u +%T)"
