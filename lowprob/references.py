@@ -36,6 +36,7 @@ from lowprob.ground_truth import GroundTruth
 from lowprob.plugins import Registry
 from lowprob.protocol import Band
 from lowprob.results import ResultRow, ResultsFile, RowSpec, write_atomic
+from lowprob.shards import compare_counts
 
 EXPERIMENT = "lowprob-reference/1"
 """The ``experiment`` of every round row; a reference file holds nothing else."""
@@ -474,12 +475,10 @@ def fresh_count(path: Path, shipped: GroundTruth) -> GroundTruth:
     """A brute-force file of the same model and distribution as ``shipped`` whose shards are disjoint from it
     (the shipped counts chose the test tokens; reusing their inputs would carry that selection over)."""
     fresh = GroundTruth.load(path)
-    ident = ("model", "distribution", "distribution_hash", "d_vocab")
-    for name in ident:
-        if getattr(fresh, name) != getattr(shipped, name):
-            raise LowprobError(f"{path}: brute-force file has {name} {getattr(fresh, name)!r}, the shipped ground "
-                               f"truth {getattr(shipped, name)!r}; it counts something else")
-    shared = sorted(set(fresh.seeds) & set(shipped.seeds))
+    name, shared = compare_counts(fresh, shipped, ("model", "distribution", "distribution_hash", "d_vocab"))
+    if name is not None:
+        raise LowprobError(f"{path}: brute-force file has {name} {getattr(fresh, name)!r}, the shipped ground "
+                           f"truth {getattr(shipped, name)!r}; it counts something else")
     if shared:
         raise LowprobError(f"{path}: brute-force file shares {len(shared)} shard seed(s) with the shipped ground "
                            f"truth (first {shared[0]}); its inputs chose the test tokens, so count fresh shards "

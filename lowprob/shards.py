@@ -35,14 +35,20 @@ C = TypeVar("C", bound=ShardedCount)
 M = TypeVar("M", bound=BaseModel)
 
 
+def compare_counts(a: ShardedCount, b: ShardedCount, identity: Sequence[str]) -> tuple[str | None, list[int]]:
+    """The first ``identity`` field on which two counts differ (``None``: they count the same thing) and the shard
+    seeds they share, sorted (inputs both have counted)."""
+    differs = next((name for name in identity if getattr(a, name) != getattr(b, name)), None)
+    return differs, sorted(set(a.seeds) & set(b.seeds))
+
+
 def merge_order(a: C, b: C, identity: Sequence[str], kind: str) -> tuple[C, C]:
     """``a`` and ``b`` ordered by first shard seed, after refusing a merge of different counts (an ``identity``
     field differs) or one that would count inputs twice (a shared seed); ``kind`` names them in errors."""
-    for name in identity:
-        if getattr(a, name) != getattr(b, name):
-            raise LowprobError(f"cannot merge {kind} with different {name}: "
-                               f"{getattr(a, name)!r} vs {getattr(b, name)!r}")
-    overlap = sorted(set(a.seeds) & set(b.seeds))
+    name, overlap = compare_counts(a, b, identity)
+    if name is not None:
+        raise LowprobError(f"cannot merge {kind} with different {name}: "
+                           f"{getattr(a, name)!r} vs {getattr(b, name)!r}")
     if overlap:
         raise LowprobError(f"cannot merge {kind} that share shard seeds {overlap[:5]}"
                            f"{' ...' if len(overlap) > 5 else ''}: those inputs would be counted twice")
