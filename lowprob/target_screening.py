@@ -170,9 +170,10 @@ class CrossCheck:
 def brute_force_tokens(gt: GroundTruth, n: int, seed: int, band: Band | None = None,
                        max_rel_error: float = 0.3) -> tuple[int, ...]:
     """Up to ``n`` tokens with at least :func:`min_hits` ground-truth hits (in ``band`` when given), by a seeded
-    permutation."""
+    permutation whose seed leaves ``n`` out, so a larger ``n`` extends the same choice (a resumed run keeps its
+    tokens)."""
     chosen, _ = select_tokens(gt.counts, gt.samples, band or Band(1 / (gt.samples + 1), 1.0), n,
-                              reference_seed(gt.model, gt.distribution, "cross-check", "order", n, seed),
+                              reference_seed(gt.model, gt.distribution, "cross-check", "order", 0, seed),
                               min_count=min_hits(max_rel_error))
     return chosen
 

@@ -213,6 +213,16 @@ def test_cross_check_reports_agreement_and_coverage_against_brute_force(planted,
     assert sorted(brute_force_tokens(truth(exact), 5, 0)) == [2, 3]  # both have at least 12 hits
 
 
+def test_cross_check_tokens_extend_as_their_number_grows() -> None:
+    counts = np.zeros(64, dtype=np.int64)
+    counts[:40] = 100  # 40 tokens with enough hits, the rest of the 2^20 inputs on token 63
+    counts[63] = (1 << 20) - 4000
+    gt = GroundTruth("m", "d", "h", 64, 1 << 20, (0,), counts)
+    two, eight = brute_force_tokens(gt, 2, 0), brute_force_tokens(gt, 8, 0)
+    assert len(set(eight)) == 8 and eight[:2] == two
+    assert brute_force_tokens(gt, 8, 1) != eight  # the seed still chooses
+
+
 def test_cli_runs_shows_and_refuses(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     args = ["reference", "run", "planted-threshold", "planted-threshold-e3", "--target", "hit", "--method", "naive",
