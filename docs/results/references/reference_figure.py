@@ -75,8 +75,8 @@ def main() -> None:
             agree += agrees
             cover += covers
             ax.errorbar([p], [ref.value], yerr=[[ref.value - ref.ci[0]], [ref.ci[1] - ref.value]], fmt="s",
-                        ms=5, mfc="none", color="black", label="accepted reference (95 % CI)" if not accepted - 1
-                        else None)
+                        ms=5, mfc="none", color="black",
+                        label="accepted reference (95 % CI)" if accepted == 1 else None)
         runs = {r.label or r.estimator: r for r in ref.runs}
         rows.append([ref.distribution, f"#{token}", f"{g(p)} ({hits}/{n})"] + [
             f"{g(runs[m].value)} ± {100 * runs[m].std_error / runs[m].value:.0f} % ({runs[m].rounds} r, "
