@@ -6,7 +6,10 @@ The truth of a token is its shipped ground truth (``--truth shipped``: the cross
 fresh count (``--truth brute-force/``: ``<folder>/<model>/<distribution>.json``), with its Clopper–Pearson
 interval. Agreement: |reference − truth| ≤ 3 × √(se_ref² + se_truth²), the rule of `lowprob reference cross-check`.
 
+A target that only one method ran (rounds left from a longer run) is not a reference and is listed apart.
+
 Usage: python docs/results/references/reference_figure.py FILES... --truth shipped|FOLDER --figure STEM
+       [--max-calls 2^19]   (the cap the runs were judged at; default the procedure's 2^21)
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lowprob.core.stats import clopper_pearson  # noqa: E402
 from lowprob.figures import save_figure  # noqa: E402
 from lowprob.ground_truth import GroundTruth, load_shipped  # noqa: E402
-from lowprob.references import Reference, fresh_count, load_references  # noqa: E402
+from lowprob.references import Reference, ReferenceRules, fresh_count, load_references  # noqa: E402
 from lowprob.report import markdown_table  # noqa: E402
 
 SIGMAS = 3.0
@@ -37,6 +40,12 @@ def truth_of(ref: Reference, source: str) -> GroundTruth:
     return fresh_count(Path(source) / ref.model / f"{ref.distribution}.json", shipped)
 
 
+def count(text: str) -> int:
+    """``2^19`` or ``524288``."""
+    base, _, power = text.partition("^")
+    return int(base) ** int(power) if power else int(base)
+
+
 def g(x: float | None) -> str:
     return "–" if x is None else f"{x:.3g}"
 
@@ -47,8 +56,11 @@ def main() -> None:
     parser.add_argument("--truth", default="shipped")
     parser.add_argument("--figure", type=Path, required=True, help="output stem (writes .png and .svg)")
     parser.add_argument("--title", default="References against brute force")
+    parser.add_argument("--max-calls", type=count, default=ReferenceRules().max_calls)
     args = parser.parse_args()
-    refs = [r for r in load_references(args.files) if r.token is not None]
+    judged = [r for r in load_references(args.files, ReferenceRules(max_calls=args.max_calls))
+              if r.token is not None]
+    refs = [r for r in judged if r.status != "single"]
     rows, agree, cover, accepted = [], 0, 0, 0
     figure, ax = plt.subplots(figsize=(6.4, 5.2))
     for i, ref in enumerate(refs):
@@ -101,6 +113,9 @@ def main() -> None:
                           "|a−b|/se", "reference", "agrees (3 s.e.)", "CI covers"], rows))
     print(f"\n{accepted}/{len(refs)} accepted; {agree}/{accepted} agree with brute force; {cover}/{accepted} "
           "intervals cover it")
+    for ref in judged:
+        if ref.status == "single":
+            print(f"not a reference (one method's rounds only): {ref.distribution} {ref.target}")
 
 
 if __name__ == "__main__":
