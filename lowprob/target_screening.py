@@ -185,9 +185,19 @@ def cross_check(runner: ReferenceRunner, source: CompiledSource, gt: GroundTruth
     for token in tokens:
         ref = runner.run(ReferenceProblem.argmax(source, gt.distribution, token), on_round)
         refs.append(ref)
-        p = truth[token] = gt.probability(token)
-        if ref.accepted and ref.value is not None and ref.std_error is not None and ref.ci is not None:
-            gt_se = math.sqrt(p * (1 - p) / gt.samples)
-            agrees[token] = abs(ref.value - p) <= runner.rules.sigmas * math.hypot(ref.std_error, gt_se)
-            covers[token] = ref.ci[0] <= p <= ref.ci[1]
+        truth[token] = gt.probability(token)
+        verdict = against_brute_force(ref, gt, runner.rules.sigmas)
+        if verdict is not None:
+            agrees[token], covers[token] = verdict
     return CrossCheck(tuple(refs), truth, agrees, covers)
+
+
+def against_brute_force(ref: Reference, gt: GroundTruth, sigmas: float) -> tuple[bool, bool] | None:
+    """For an accepted reference of a token: whether it agrees with the count within ``sigmas`` combined standard
+    errors (the count's binomial error included) and whether its interval holds the count; else ``None``."""
+    token = ref.token
+    if token is None or not ref.accepted or ref.value is None or ref.std_error is None or ref.ci is None:
+        return None
+    p = gt.probability(token)
+    gt_se = math.sqrt(p * (1 - p) / gt.samples)
+    return abs(ref.value - p) <= sigmas * math.hypot(ref.std_error, gt_se), ref.ci[0] <= p <= ref.ci[1]

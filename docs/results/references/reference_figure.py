@@ -4,7 +4,8 @@ reference (its 95 % interval), the diagonal — and a Markdown table of verdicts
 
 The truth of a token is its shipped ground truth (``--truth shipped``: the cross-check's tokens, ≥ 12 hits) or a
 fresh count (``--truth brute-force/``: ``<folder>/<model>/<distribution>.json``), with its Clopper–Pearson
-interval. Agreement: |reference − truth| ≤ 3 × √(se_ref² + se_truth²), the rule of `lowprob reference cross-check`.
+interval. Agreement and coverage: `lowprob.target_screening.against_brute_force`, the rule of
+`lowprob reference cross-check`.
 
 A target that only one method ran (rounds left from a longer run) is not a reference and is listed apart.
 
@@ -15,7 +16,7 @@ Usage: python docs/results/references/reference_figure.py FILES... --truth shipp
 from __future__ import annotations
 
 import argparse
-import math
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -26,18 +27,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lowprob.core.stats import clopper_pearson  # noqa: E402
 from lowprob.figures import save_figure  # noqa: E402
 from lowprob.ground_truth import GroundTruth, load_shipped  # noqa: E402
-from lowprob.references import Reference, ReferenceRules, fresh_count, load_references  # noqa: E402
+from lowprob.references import ReferenceRules, fresh_count, load_references  # noqa: E402
 from lowprob.report import markdown_table  # noqa: E402
+from lowprob.target_screening import against_brute_force  # noqa: E402
 
-SIGMAS = 3.0
 COLOURS = {"tsmc": "tab:blue", "itgis": "tab:orange"}
 
 
-def truth_of(ref: Reference, source: str) -> GroundTruth:
-    shipped = load_shipped(ref.model, ref.distribution)
+@functools.cache
+def truth_of(model: str, distribution: str, source: str) -> GroundTruth:
+    shipped = load_shipped(model, distribution)
     if source == "shipped":
         return shipped
-    return fresh_count(Path(source) / ref.model / f"{ref.distribution}.json", shipped)
+    return fresh_count(Path(source) / model / f"{distribution}.json", shipped)
 
 
 def count(text: str) -> int:
@@ -58,19 +60,19 @@ def main() -> None:
     parser.add_argument("--title", default="References against brute force")
     parser.add_argument("--max-calls", type=count, default=ReferenceRules().max_calls)
     args = parser.parse_args()
-    judged = [r for r in load_references(args.files, ReferenceRules(max_calls=args.max_calls))
+    rules = ReferenceRules(max_calls=args.max_calls)
+    judged = [r for r in load_references(args.files, rules)
               if r.token is not None]
     refs = [r for r in judged if r.status != "single"]
     rows, agree, cover, accepted = [], 0, 0, 0
     figure, ax = plt.subplots(figsize=(6.4, 5.2))
     for i, ref in enumerate(refs):
-        gt = truth_of(ref, args.truth)
+        gt = truth_of(ref.model, ref.distribution, args.truth)
         token = ref.token
         assert token is not None
         hits, n = int(gt.counts[token]), gt.samples
         p = hits / n
         low, high = clopper_pearson(hits, n)
-        se_p = math.sqrt(p * (1 - p) / n)
         ax.errorbar([p], [p], xerr=[[p - low], [high - p]], fmt="none", ecolor="0.7", lw=1)
         for j, run in enumerate(ref.runs):
             if run.value > 0 and run.std_error is not None:
@@ -79,13 +81,12 @@ def main() -> None:
                                                             [2 * run.std_error]],
                             fmt="o", ms=3, color=COLOURS.get(run.label or run.estimator, "tab:green"), alpha=0.7,
                             label=(run.label or run.estimator) if i == 0 else None)
-        agrees = covers = None
-        if ref.accepted and ref.value is not None and ref.std_error is not None and ref.ci is not None:
+        verdict = against_brute_force(ref, gt, rules.sigmas)
+        agrees, covers = verdict if verdict is not None else (None, None)
+        if verdict is not None and ref.value is not None and ref.ci is not None:
             accepted += 1
-            agrees = abs(ref.value - p) <= SIGMAS * math.hypot(ref.std_error, se_p)
-            covers = ref.ci[0] <= p <= ref.ci[1]
-            agree += agrees
-            cover += covers
+            agree += bool(agrees)
+            cover += bool(covers)
             ax.errorbar([p], [ref.value], yerr=[[ref.value - ref.ci[0]], [ref.ci[1] - ref.value]], fmt="s",
                         ms=5, mfc="none", color="black",
                         label="accepted reference (95 % CI)" if accepted == 1 else None)
