@@ -26,21 +26,24 @@ run: $(STAMP)
 	$(BIN)/lowprob compare planted-two-modes-e9 --model planted-two-modes --target hit \
 	    --estimator naive --estimator itgis --estimator ams --paper-budget --seed 0 --output results/main.jsonl
 
-## The test suite (everything but tests marked slow or fuzz; GPU tests skip themselves without a GPU).
+## The test suite (everything but tests marked slow or fuzz; GPU tests skip themselves without a GPU), one pytest
+## worker per CPU core (pytest-xdist; each test runs torch on one thread, tests/conftest.py). PYTEST_WORKERS=0
+## runs it in this process.
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not fuzz" -q
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow and not fuzz" -q
 
 ## The hostile-input fuzz runs only (tests marked fuzz: over 10 000 specs, experiment files and flag sets);
 ## -rP prints each run's tally of outcomes.
 test-fuzz: $(STAMP)
-	$(BIN)/python -m pytest -m fuzz -q -rP
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m fuzz -q -rP
 
 ## Tests marked slow only (long statistical runs); exit status 5 (none selected) counts as success.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m slow -q || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 ## The documentation site (mkdocs.yml: docs/ plus an API reference from the docstrings) in site/, strict: a broken
 ## link or anchor, a page missing from the navigation or an API entry that cannot be collected fails the build.
