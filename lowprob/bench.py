@@ -33,7 +33,7 @@ from lowprob.experiments import RowTask
 from lowprob.plugins import Registry
 from lowprob.protocol import TuningScore, best_temperature, fit_is, temperature_grid, tuning_score
 from lowprob.report import format_table, markdown_table
-from lowprob.reproduce import TUNED_OPTION
+from lowprob.reproduce import TUNED_OPTION, tunes_temperature
 from lowprob.results import ProtocolTags, ResultRow, RowSpec, write_atomic
 
 EXPERIMENT = "bench-known-answer"
@@ -264,7 +264,7 @@ def prepare(registry: Registry, selection: Selection) -> Bench:
     names, skipped = runnable_estimators(registry, selection.estimators, dict(selection.skip))
     if not names:
         raise LowprobError("no estimator left to run")
-    tuned = [n for n in names if TUNED_OPTION in registry.estimator(n).Options.model_fields]
+    tuned = [n for n in names if tunes_temperature(registry.estimator(n), {})]
     tuning = [a for a in known_answers(registry, ("tuning",))
               if tuned and len(selection.temperatures) > 1 and a.family in {t.family for t in tests}]
     problems = {(a.model, a.spec, a.target): compile_problem(registry, resolve_spec(a.spec, registry), model=a.model,
@@ -373,14 +373,64 @@ class _Task(RowTask):
             return _error_row(self.spec, exc)
 
 
+SAME_RUN = "same_run_as"
+"""Diagnostic of a FLOP-fair row that is its paper-budget twin's run: the twin's key (:func:`paper_twin`)."""
+
+
+def paper_twin(bench: Bench, registry: Registry, job: Job) -> str | None:
+    """The key of the paper-budget job whose run can stand for ``job``, a FLOP-fair job of an estimator that
+    declares no gradients (``needs_gradients``) when the two budgets differ only in the price of a backward
+    pass; ``None`` otherwise. Whether it does stand for it is decided by its row (:func:`shares_its_run`)."""
+    name = job.spec.estimator
+    if PAPER not in bench.selection.modes or job.spec.budget != bench.budgets.get((name, FLOP_FAIR)):
+        return None
+    if registry.estimator(name).capabilities.needs_gradients:
+        return None
+    paper = bench.budgets[(name, PAPER)]
+    if paper.model_copy(update={"backward_weight": job.spec.budget.backward_weight}) != job.spec.budget:
+        return None
+    return Job(job.spec.model_copy(update={"budget": paper})).key
+
+
+def shares_its_run(twin: ResultRow | None) -> bool:
+    """Whether a paper-budget row is also its FLOP-fair twin's: it made no backward pass, so under either price
+    of a backward pass it spent the same calls, and an estimator without gradients sees nothing else of the
+    budget (tests/planted/test_bench.py runs both for every such built-in estimator and compares)."""
+    return twin is not None and twin.estimate is not None and twin.estimate.backward_passes == 0
+
+
+def shared_row(job: Job, twin: ResultRow) -> ResultRow:
+    """``job``'s row holding its paper-budget twin's estimate, marked with the twin's key."""
+    assert twin.estimate is not None
+    estimate = twin.estimate.model_copy(update={"diagnostics": {**twin.estimate.diagnostics, SAME_RUN: twin.key}})
+    return ResultRow.of(job.spec, key=job.key, estimate=estimate)
+
+
+def run_phase(bench: Bench, registry: Registry, engine: Engine, jobs: Sequence[Job],
+              executor: Executor | None = None) -> int:
+    """Run ``jobs`` (tuning or test) into ``engine``, the paper-budget ones first; a FLOP-fair job whose
+    twin's row :func:`shares_its_run` gets that run (:func:`shared_row`) instead of a second one. Returns how
+    many rows were written."""
+    keys = {job.key for job in jobs}
+    twins = {job.key: twin for job in jobs if (twin := paper_twin(bench, registry, job)) in keys}
+    new = sum(1 for _ in run_jobs(bench.problems, registry, engine, [j for j in jobs if j.key not in twins],
+                                  executor))
+    later = [job for job in jobs if job.key in twins]
+    shared = {job.key for job in later if shares_its_run(engine.rows.get(twins[job.key]))}
+    new += sum(1 for _ in engine.run([j for j in later if j.key in shared],
+                                     lambda job: shared_row(job, engine.rows[twins[job.key]])))
+    rest = [job for job in later if job.key not in shared]
+    return new + sum(1 for _ in run_jobs(bench.problems, registry, engine, rest, executor))
+
+
 def run(bench: Bench, registry: Registry, results: Path, executor: Executor | None = None) -> Outcome:
     """Tune, then test, into ``results`` (resumable: rows already there are kept and reused); the test jobs are
     planned once the tuning rows are all in, so serial and executor runs write the same rows."""
     engine = Engine(results)
-    new = sum(1 for _ in run_jobs(bench.problems, registry, engine, bench.tuning_jobs, executor))
+    new = run_phase(bench, registry, engine, bench.tuning_jobs, executor)
     choices = choose_temperatures(bench, engine.rows)
     planned = bench.test_jobs(choices)
-    new += sum(1 for _ in run_jobs(bench.problems, registry, engine, [job for job, _ in planned.values()], executor))
+    new += run_phase(bench, registry, engine, [job for job, _ in planned.values()], executor)
     return Outcome(new, engine.rows, {key: case for key, (_, case) in planned.items()}, choices)
 
 

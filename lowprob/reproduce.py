@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -31,7 +31,7 @@ from lowprob.config_files import StrictModel, read_toml_config, reject_duplicate
 from lowprob.core.budget import Budget
 from lowprob.core.distribution import InputDistribution
 from lowprob.core.errors import LowprobError
-from lowprob.core.estimator import Problem
+from lowprob.core.estimator import Estimator, Problem
 from lowprob.core.losses import optimal_constant
 from lowprob.core.meter import MeteredModel
 from lowprob.core.model import ModelAdapter
@@ -57,7 +57,22 @@ from lowprob.results import ProtocolTags, ResultRow, RowSpec
 from lowprob.scoring import chosen_temperature
 
 TUNED_OPTION = "temperature"
-"""The option tuned over the temperature grid, for every estimator that has it and does not fix it."""
+"""The option tuned over the temperature grid, for every estimator where it acts (:func:`tunes_temperature`)."""
+PROBE_TEMPERATURE = 2.0
+"""A temperature other than the usual default of 1, offered to an estimator to ask whether its temperature acts."""
+
+
+def tunes_temperature(cls: type[Estimator], options: Mapping[str, Any]) -> bool:
+    """Whether ``cls`` with ``options`` has a temperature to tune: it has the option, ``options`` do not fix it,
+    and its options accept a temperature other than 1 (an estimator refuses one that would change nothing, as
+    ``ams`` does with its ``prior`` proposal, so a grid is not spent on identical runs)."""
+    if TUNED_OPTION not in cls.Options.model_fields or TUNED_OPTION in options:
+        return False
+    try:
+        cls.parse_options({**options, TUNED_OPTION: PROBE_TEMPERATURE})
+    except LowprobError:
+        return False
+    return True
 CONSTANT_ESTIMATOR = "optimal-constant"
 """The harness-fitted baseline: its ``value`` is the mean ground truth of the tuning tokens."""
 QUICK, FULL, PAPER = "reproduce-quick.toml", "reproduce.toml", "reproduce-paper.toml"
@@ -301,7 +316,7 @@ def _method_plans(config: ReproduceConfig, registry: Registry, scale: float, tun
             options[name] = scaled_option(float(base), scale, exponent)
         if entry.name == CONSTANT_ESTIMATOR and "value" not in options:
             options["value"] = optimal_constant(tuning_p)
-        tuned = config.temperatures.tune and TUNED_OPTION in fields and TUNED_OPTION not in options
+        tuned = config.temperatures.tune and tunes_temperature(cls, options)
         paper = cls.paper_budget()
         budget = Budget(model_calls=max(1, round((paper.model_calls or 1) * scale)),
                         backward_weight=paper.backward_weight)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from scipy import stats
 
 from lowprob.core.errors import LowprobError
@@ -70,6 +70,14 @@ class LadderOptions(SplittingOptions):
                                description="single-site proposal: D's own marginal, or D tilted by token gradients")
     temperature: float = Field(default=1.0, gt=0, description="T of the gradient proposal D·exp(G/T)")
     ladders: int | None = Field(default=None, ge=1, description="most ladders to run (None: until the budget ends)")
+
+    @model_validator(mode="after")
+    def _temperature_needs_gradients(self) -> LadderOptions:
+        # A temperature that changes nothing is a trap (and makes a tuning grid spend compute on identical runs).
+        if self.temperature != 1.0 and self.proposal != "gradient":
+            raise ValueError(f"temperature = {self.temperature:g} acts only with proposal = 'gradient' "
+                             f"(proposal is {self.proposal!r}); set proposal = 'gradient' or leave temperature out")
+        return self
 
 
 class AMSOptions(LadderOptions):

@@ -28,6 +28,7 @@ from lowprob.plugins.builtin.splitting import (
     Evaluator,
     LevelKernel,
     Replicas,
+    SubsetSimulation,
     correlation_factor,
     lognormal_mean_interval,
 )
@@ -359,3 +360,13 @@ def test_level_details_keep_every_level_of_the_first_ladders_and_count_the_rest(
     assert [len(levels) for levels in details["levels"]] == list(range(1, LEVEL_DETAIL_LADDERS + 1))
     assert details["levels_left_out"] == 3
     assert details["levels"][0][0]["killed"] == 1
+
+
+@pytest.mark.parametrize("cls", [AMS, SubsetSimulation])
+def test_a_temperature_without_the_gradient_proposal_is_refused(cls: type) -> None:
+    """D's own marginal has no temperature: a temperature there would change nothing (and a tuning grid would
+    spend its compute on identical runs), so it is an error naming the fix; with gradients it acts."""
+    with pytest.raises(LowprobError, match="temperature = 2 acts only with proposal = 'gradient'"):
+        cls({"temperature": 2.0})
+    assert cls({"temperature": 2.0, "proposal": "gradient"}).options.temperature == 2.0
+    assert cls({"temperature": 1.0}).options.proposal == "prior"

@@ -14,12 +14,14 @@ from click.testing import CliRunner
 from lowprob.bench import (
     FLOP_FAIR,
     PAPER,
+    SAME_RUN,
     Case,
     Selection,
     budget_for,
     choose_temperatures,
     parse_temperatures,
     prepare,
+    run,
     summarize,
 )
 from lowprob.cli import main
@@ -243,6 +245,60 @@ def test_tiny_tuned_bench_under_both_budgets_resumes(tmp_path: Path) -> None:
     assert "## Temperatures chosen on the tuning problems" in (tmp_path / "summary.md").read_text()
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "0 new estimates" in again.output
+
+
+def test_a_flop_fair_row_without_backward_passes_is_its_paper_run(tmp_path: Path, registry: Registry) -> None:
+    """naive makes no backward pass: its FLOP-fair row is the paper run (marked with the twin's key), not a second
+    one; ITGIS (gradients) and gams (declares none but its twist score's pilot takes backward passes) run twice."""
+    selection = Selection(replicates=1, calls=1024, temperatures=(1.0,), estimators=("naive", "itgis", "gams"),
+                          exponents=(-5,), families=("threshold",))
+    outcome = run(prepare(registry, selection), registry, tmp_path / "results.jsonl")
+    assert outcome.new_rows == 6
+    rows = {(r.estimator, r.budget.backward_weight): r for r in read_results(tmp_path / "results.jsonl")}
+    paper, fair = rows[("naive", 0.0)], rows[("naive", 2.0)]
+    assert paper.estimate is not None and fair.estimate is not None
+    assert fair.estimate.diagnostics[SAME_RUN] == paper.key and fair.key != paper.key
+    assert fair.estimate.model_dump(exclude={"diagnostics"}) == paper.estimate.model_dump(exclude={"diagnostics"})
+    for name in ("itgis", "gams"):
+        row, twin = rows[(name, 2.0)], rows[(name, 0.0)]
+        assert row.estimate is not None and twin.estimate is not None, name
+        assert SAME_RUN not in row.estimate.diagnostics and twin.estimate.backward_passes > 0, name
+    assert run(prepare(registry, selection), registry, tmp_path / "results.jsonl").new_rows == 0
+
+
+def test_only_estimators_whose_temperature_acts_are_tuned(registry: Registry) -> None:
+    """ams and subset-simulation have a temperature only with gradient proposals (not their default): tuning them
+    would run the grid for identical estimates."""
+    bench = prepare(registry, Selection(replicates=1, calls=1024, temperatures=(0.5, 2.0), exponents=(-5,),
+                                        estimators=("naive", "itgis", "ams", "subset-simulation", "tsmc")))
+    assert bench.tuned == ["itgis", "tsmc"]
+    assert {job.spec.estimator for job in bench.tuning_jobs} == {"itgis", "tsmc"}
+
+
+def test_without_backward_passes_both_budgets_give_the_same_run(registry: Registry) -> None:
+    """Why a FLOP-fair row may reuse the paper run: every built-in estimator that declares no gradients and makes
+    no backward pass returns the very same estimate under either price of a backward pass."""
+    from lowprob.api import compile_problem, resolve_spec, run_problem
+
+    problem = compile_problem(registry, resolve_spec("planted-threshold-e3", registry), model="planted-threshold",
+                              target="hit")
+    checked = []
+    for entry in registry.entries("estimators"):
+        if entry.obj.capabilities.needs_gradients or entry.name == "optimal-constant":
+            continue
+        outcomes = []
+        for weight in (0.0, 2.0):
+            try:
+                estimate = run_problem(registry, problem, entry.name, {}, Budget(model_calls=2048,
+                                                                                 backward_weight=weight), 3)
+            except LowprobError as exc:
+                outcomes.append(str(exc))
+                continue
+            outcomes.append(estimate.model_dump(exclude={"seconds", "model_seconds", "provenance", "trace"}))
+        if isinstance(outcomes[0], dict) and outcomes[0]["backward_passes"] == 0:
+            checked.append(entry.name)
+            assert outcomes[1] == outcomes[0], entry.name
+    assert {"naive", "ams", "subset-simulation", "qld", "gld"} <= set(checked)
 
 
 def test_list_shows_every_problem_with_its_exact_value() -> None:
