@@ -434,6 +434,23 @@ def run(bench: Bench, registry: Registry, results: Path, executor: Executor | No
     return Outcome(new, engine.rows, {key: case for key, (_, case) in planned.items()}, choices)
 
 
+def collect(bench: Bench, results: Path) -> Outcome:
+    """What :func:`run` would return from the rows already in ``results``, running nothing (the tables of a run
+    still in progress or stopped; the temperatures are chosen from the tuning rows there, a missing one
+    counting as a failure)."""
+    rows = Engine(results).rows
+    choices = choose_temperatures(bench, rows)
+    return Outcome(0, rows, {key: case for key, (_, case) in bench.test_jobs(choices).items()}, choices)
+
+
+def completeness(bench: Bench, outcome: Outcome) -> str:
+    """How many of the planned test and tuning rows are in the results."""
+    tests = sum(key in outcome.rows for key in outcome.cases)
+    tuning = sum(job.key in outcome.rows for job in bench.tuning_jobs)
+    return (f"{tests} of {len(outcome.cases)} test rows and {tuning} of {len(bench.tuning_jobs)} tuning rows "
+            "are in the results")
+
+
 @dataclass(frozen=True)
 class Summary:
     """One estimator at one depth under one budget, over every family's problem there and every replicate.
@@ -602,12 +619,14 @@ def write_outputs(folder: Path, bench: Bench, outcome: Outcome) -> tuple[Path, P
         f"{markdown_table(HEADER, table_rows([s for s in per_family if s.budget == mode]))}\n\n" for mode in modes)
     temps = (markdown_table(TEMPERATURE_HEADER, temperature_rows(outcome.choices)) if outcome.choices
              else "No estimator with a temperature option ran.")
-    text = (f"# Known-answer bench\n\n{describe_run(bench)}\n\n## Problems\n\n{problems}\n\n## Budgets\n\n{budgets}\n\n"
+    header = f"{describe_run(bench)} {completeness(bench, outcome)}."
+    text = (f"# Known-answer bench\n\n{header}\n\n## Problems\n\n{problems}\n\n## Budgets\n\n{budgets}\n\n"
             f"## Temperatures chosen on the tuning problems\n\n{temps}\n\n## Estimators left out\n\n{left_out}\n"
             f"{sections}## Estimates that ended in an error\n\n{errors}")
     md, js = folder / "summary.md", folder / "summary.json"
     write_atomic(md, text)
-    payload = {"note": describe_run(bench), "skipped": dict(bench.skipped),
+    payload = {"note": describe_run(bench), "completeness": completeness(bench, outcome),
+               "skipped": dict(bench.skipped),
                "problems": [{"model": a.model, "spec": a.spec, "target": a.target, "family": a.family, "role": a.role,
                              "exact_p": a.exact_p, "log10_p": a.exact.log10} for a in [*bench.tests, *bench.tuning]],
                "budgets": {n: {m: bench.budgets[(n, m)].model_dump(exclude_none=True) for m in modes}

@@ -835,13 +835,16 @@ def bench() -> None:
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-known-answer"),
               show_default=True, help="Folder for results.jsonl, summary.md and summary.json.")
 @click.option("--list", "list_only", is_flag=True, help="List the problems and their exact values; run nothing.")
+@click.option("--report", "report_only", is_flag=True,
+              help="Write the summary and figures from the rows already in OUTPUT/results.jsonl; run nothing "
+              "(the tables of a run in progress or stopped).")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Torch threads (estimators run small batches; the speed column is measured on one thread).")
 @add_executor_options
 def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | None, budget_mode: str,
                        temperatures: str | None, tuning_replicates: int | None, estimators: tuple[str, ...],
-                       depths: tuple[int, ...], families: tuple[str, ...], output: Path, list_only: bool, threads: int,
-                       executor: dict[str, Any]) -> None:
+                       depths: tuple[int, ...], families: tuple[str, ...], output: Path, list_only: bool,
+                       report_only: bool, threads: int, executor: dict[str, Any]) -> None:
     """Run every registered estimator on every planted problem with an exact answer (docs/known-answer.md).
 
     Resumable: rerun the same command to continue; rows already in OUTPUT/results.jsonl are kept.
@@ -864,17 +867,23 @@ def bench_known_answer(quick: bool, replicates: int | None, budget_calls: int | 
                                 [[a.model, a.spec, a.family, a.role, f"{a.exact_p:.12e}", f"{a.exact.log10:.4f}"]
                                  for a in answers]))
         return
+    if report_only and not (output / "results.jsonl").is_file():
+        raise LowprobError(f"--report: no results at {output / 'results.jsonl'}; run the bench first")
     plan_ = known.prepare(registry, selection)
     tests = len(plan_.tests) * len(plan_.estimators) * len(selection.modes) * selection.replicates
     click.echo(f"{known.describe_run(plan_)}\n{len(plan_.tuning_jobs)} tuning and {tests} test estimates; "
                f"left out: {', '.join(sorted(plan_.skipped)) or 'none'}", err=True)
-    outcome = known.run(plan_, registry, output / "results.jsonl", ExecutorSettings().merged(**executor).create())
+    if report_only:
+        outcome = known.collect(plan_, output / "results.jsonl")
+    else:
+        outcome = known.run(plan_, registry, output / "results.jsonl", ExecutorSettings().merged(**executor).create())
     md, js, pooled = known.write_outputs(output, plan_, outcome)
     figures = known.write_figures(output, outcome, pooled)
     if outcome.choices:
         click.echo(format_table(known.TEMPERATURE_HEADER, known.temperature_rows(outcome.choices)) + "\n")
     click.echo(known.text_table(pooled))
-    click.echo(f"{outcome.new_rows} new estimates; wrote {md}, {js} and {len(figures)} figure files", err=True)
+    click.echo(f"{outcome.new_rows} new estimates ({known.completeness(plan_, outcome)}); wrote {md}, {js} and "
+               f"{len(figures)} figure files", err=True)
 
 
 @bench.command(name="coverage")

@@ -19,6 +19,8 @@ from lowprob.bench import (
     Selection,
     budget_for,
     choose_temperatures,
+    collect,
+    completeness,
     parse_temperatures,
     prepare,
     run,
@@ -264,6 +266,28 @@ def test_a_flop_fair_row_without_backward_passes_is_its_paper_run(tmp_path: Path
         assert row.estimate is not None and twin.estimate is not None, name
         assert SAME_RUN not in row.estimate.diagnostics and twin.estimate.backward_passes > 0, name
     assert run(prepare(registry, selection), registry, tmp_path / "results.jsonl").new_rows == 0
+
+
+def test_report_writes_the_tables_of_the_rows_there_and_runs_nothing(tmp_path: Path, registry: Registry) -> None:
+    """``--report`` on a stopped run: the summary of the rows present, saying how many of the planned are."""
+    selection = Selection(replicates=2, calls=256, temperatures=(1.0,), estimators=("naive",), exponents=(-5,),
+                          modes=(PAPER,))
+    bench = prepare(registry, selection)
+    done = run(bench, registry, tmp_path / "results.jsonl")
+    lines = (tmp_path / "results.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "results.jsonl").write_text("".join(lines[:4]))
+    partial = collect(bench, tmp_path / "results.jsonl")
+    assert partial.new_rows == 0 and partial.cases == done.cases and len(partial.rows) == 4
+    assert completeness(bench, partial) == "4 of 6 test rows and 0 of 0 tuning rows are in the results"
+    assert [s.rows for s in summarize(partial.rows.values(), partial.cases)] == [4]
+    args = ["bench", "known-answer", "--report", "--estimator", "naive", "--replicates", "2", "--budget-calls", "256",
+            "--depth", "5", "--budget", "paper", "--temperatures", "1"]
+    out = CliRunner().invoke(main, [*args, "--output", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert "0 new estimates (4 of 6 test rows" in out.output and len(read_results(tmp_path / "results.jsonl")) == 4
+    assert "4 of 6 test rows" in (tmp_path / "summary.md").read_text()
+    missing = CliRunner().invoke(main, [*args, "--output", str(tmp_path / "none")])
+    assert missing.exit_code == 1 and "--report: no results at" in missing.output and "Traceback" not in missing.output
 
 
 def test_only_estimators_whose_temperature_acts_are_tuned(registry: Registry) -> None:
