@@ -110,3 +110,23 @@ def test_fast_path_on_a_gpu_matches_the_reference_forward() -> None:
     tokens = torch.randint(11, (64, 9), generator=torch.Generator().manual_seed(1))
     reference = _reference_logits(gpu, tokens.cuda()).cpu()
     assert torch.equal(gpu.last_logits(tokens).cpu().argmax(-1), reference.argmax(-1))
+
+
+def test_the_chunk_size_changes_neither_logits_nor_gradients() -> None:
+    """Chunks are memory and speed, not semantics: CPU_CHUNK_ROWS (the CPU default), 1024 and an odd size give the
+    same logits and token gradients (up to float rounding, should a BLAS block rows differently by batch size)."""
+    from lowprob.core.errors import LowprobError
+    from lowprob.core.model import CPU_CHUNK_ROWS
+
+    adapter = tiny_model(d_vocab=11, n_ctx=12, n_layers=2, d_model=16, seed=5)
+    assert adapter.chunk_size == CPU_CHUNK_ROWS
+    tokens = torch.randint(11, (600, 12), generator=torch.Generator().manual_seed(3))
+    target = ArgmaxIs(4, "e")
+    outputs = []
+    for rows in (CPU_CHUNK_ROWS, 1024, 37):
+        adapter.chunk_size = rows
+        outputs.append((adapter.last_logits(tokens), *adapter.embedding_gradients(tokens, target)))
+    for other in outputs[1:]:
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(outputs[0], other, strict=True))
+    with pytest.raises(LowprobError, match="chunk_size must be at least 1"):
+        ModelAdapter(adapter.model, adapter.vocab, adapter.name, chunk_size=0)
