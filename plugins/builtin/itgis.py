@@ -227,7 +227,7 @@ class ITGISState:
 
 
 class ITGIS(Estimator[ITGISState]):
-    """Gradient-tilted adaptive importance sampling (unbiased); 95 % CI outside 90-98 %: 0.89 camel #596, 0/16 two-modes.
+    """Gradient-tilted adaptive importance sampling (unbiased); 95 % CI out of 90-98 %: 0.89 camel #596, 0/16 two-modes.
 
     A defensive mixture of D, the paper's tilt and a product proposal tilted along running token-gradient scores
     with the strength fitted to the hits (every weight ≤ 1/α); the interval is Clopper–Pearson in units of the
