@@ -48,7 +48,9 @@ class ModelAdapter:
         self.device = torch.device(device)
         if chunk_size is not None and chunk_size < 1:
             raise LowprobError(f"chunk_size must be at least 1 sequence, got {chunk_size}")
-        self.chunk_size = chunk_size or (CPU_CHUNK_ROWS if self.device.type == "cpu" else DEVICE_CHUNK_ROWS)
+        if chunk_size is None:
+            chunk_size = CPU_CHUNK_ROWS if self.device.type == "cpu" else DEVICE_CHUNK_ROWS
+        self.chunk_size = chunk_size
         cfg = model.cfg
         self.n_ctx: int = int(cfg.n_ctx)
         self.d_vocab: int = int(cfg.d_vocab)

@@ -408,9 +408,9 @@ def shared_row(job: Job, twin: ResultRow) -> ResultRow:
 
 def run_phase(bench: Bench, registry: Registry, engine: Engine, jobs: Sequence[Job],
               executor: Executor | None = None) -> int:
-    """Run ``jobs`` (tuning or test) into ``engine``, the paper-budget ones first; a FLOP-fair job whose
-    twin's row :func:`shares_its_run` gets that run (:func:`shared_row`) instead of a second one. Returns how
-    many rows were written."""
+    """Run ``jobs`` (tuning or test) into ``engine``: first every job that has no paper-budget twin among them
+    (:func:`paper_twin`), then the twins' FLOP-fair jobs — one whose twin's row :func:`shares_its_run` gets that
+    run (:func:`shared_row`), the others run. Returns how many rows were written."""
     keys = {job.key for job in jobs}
     twins = {job.key: twin for job in jobs if (twin := paper_twin(bench, registry, job)) in keys}
     new = sum(1 for _ in run_jobs(bench.problems, registry, engine, [j for j in jobs if j.key not in twins],

@@ -60,6 +60,9 @@ TUNED_OPTION = "temperature"
 """The option tuned over the temperature grid, for every estimator where it acts (:func:`tunes_temperature`)."""
 PROBE_TEMPERATURE = 2.0
 """A temperature other than the usual default of 1, offered to an estimator to ask whether its temperature acts."""
+CONSTANT_ESTIMATOR = "optimal-constant"
+"""The harness-fitted baseline: its ``value`` is the mean ground truth of the tuning tokens."""
+QUICK, FULL, PAPER = "reproduce-quick.toml", "reproduce.toml", "reproduce-paper.toml"
 
 
 def tunes_temperature(cls: type[Estimator], options: Mapping[str, Any]) -> bool:
@@ -73,9 +76,6 @@ def tunes_temperature(cls: type[Estimator], options: Mapping[str, Any]) -> bool:
     except LowprobError:
         return False
     return True
-CONSTANT_ESTIMATOR = "optimal-constant"
-"""The harness-fitted baseline: its ``value`` is the mean ground truth of the tuning tokens."""
-QUICK, FULL, PAPER = "reproduce-quick.toml", "reproduce.toml", "reproduce-paper.toml"
 
 
 class TargetRules(StrictModel):
